@@ -1,0 +1,62 @@
+"""Turn a book as Project Gutenberg serves it into clean text: decode, strip boilerplate, normalise."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# Both marker forms occur: "*** START OF THE PROJECT GUTENBERG EBOOK ..." (current) and
+# "*** START OF THIS PROJECT GUTENBERG EBOOK ..." (older editions, e.g. pg11). Markers may be indented.
+_START = re.compile(r"^[ \t]*\*{3}[ \t]*START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK\b.*$",
+                    re.IGNORECASE | re.MULTILINE)
+_END = re.compile(r"^[ \t]*\*{3}[ \t]*END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK\b.*$",
+                  re.IGNORECASE | re.MULTILINE)
+# Older editions close the text with "End of Project Gutenberg's <title>" just before the END marker.
+_TRAILER = re.compile(r"\n[ \t]*End of (?:the )?Project Gutenberg(?:['’]s)?\b[^\n]*\s*$", re.IGNORECASE)
+# Text rarely holds control characters other than tab/newline; many of them means a binary file.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+class NotTextError(ValueError):
+    """The bytes are not a usable book: binary, undecodable, unmarked or empty."""
+
+
+def decode(raw: bytes, label: str) -> str:
+    """Strict UTF-8 (BOM allowed) with line endings normalised to '\\n' and Unicode NFC."""
+    if b"\x00" in raw:
+        raise NotTextError(f"{label}: contains NUL bytes; this is a binary file, not a text book")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise NotTextError(f"{label}: not valid UTF-8 at byte {exc.start}: {exc.reason}") from None
+    if len(_CONTROL.findall(text)) > max(16, len(text) // 1000):
+        raise NotTextError(f"{label}: too many control characters; this does not look like text")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return unicodedata.normalize("NFC", text)
+
+
+def strip_boilerplate(text: str, label: str, *, allow_unmarked: bool = False) -> str:
+    """The book's text between the Gutenberg START and END markers, trimmed of blank edges.
+
+    Without both markers the text is refused, unless ``allow_unmarked`` says the source is not a
+    Gutenberg file, in which case it is kept whole.
+    """
+    start = _START.search(text)
+    end = _END.search(text, start.end() if start else 0)
+    if start and end:
+        body = text[start.end():end.start()]
+    elif allow_unmarked and not start and not end:
+        body = text
+    else:
+        missing = " and ".join(name for name, m in (("START", start), ("END", end)) if not m)
+        raise NotTextError(
+            f"{label}: no Gutenberg {missing} marker found ('*** START OF THE PROJECT GUTENBERG EBOOK"
+            f" ... ***'); set allow_unmarked: true for this source if it is not a Gutenberg file")
+    body = _TRAILER.sub("", body).strip()
+    if not body:
+        raise NotTextError(f"{label}: empty after stripping the Gutenberg header and footer")
+    return body
+
+
+def clean_book(raw: bytes, label: str, *, allow_unmarked: bool = False) -> str:
+    return strip_boilerplate(decode(raw, label), label, allow_unmarked=allow_unmarked)

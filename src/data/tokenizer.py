@@ -1,0 +1,106 @@
+"""Train and measure the sentencepiece tokenizer.
+
+The corpus is already NFC, so sentencepiece's normaliser is off ("identity") and whitespace is
+kept as written; a newline is a piece of its own so the model learns paragraph structure, and
+byte fallback means no text is ever unknown.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Iterable
+
+import sentencepiece as spm
+
+from src.config import ConfigError, TokenizerConfig
+from src.data.corpus import write_atomic
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+NEWLINE = "\n"
+_RESERVED_PIECES = 4 + 1 + 256  # pad, unk, bos, eos; newline; one piece per byte for byte fallback
+
+
+class TokenizerError(RuntimeError):
+    pass
+
+
+def required_characters(text_lines: Iterable[str], coverage: float) -> int:
+    """How many distinct characters sentencepiece must keep to reach ``coverage`` of the text."""
+    counts = Counter()
+    for line in text_lines:
+        counts.update(line)
+    total, kept, needed = sum(counts.values()), 0, 0
+    for _, n in counts.most_common():
+        if total == 0 or kept / total >= coverage:
+            break
+        kept += n
+        needed += 1
+    return needed
+
+
+def train_tokenizer(lines: list[str], cfg: TokenizerConfig, model_file: Path, vocab_file: Path
+                    ) -> spm.SentencePieceProcessor:
+    """Train on ``lines`` (training text only) and write the model and vocab files atomically."""
+    minimum = required_characters(lines, cfg.character_coverage) + _RESERVED_PIECES
+    if cfg.vocab_size < minimum:
+        raise ConfigError(f"params.yaml: 'vocab_size' = {cfg.vocab_size} is too small for this corpus: "
+                          f"it needs at least {minimum} pieces (characters at coverage "
+                          f"{cfg.character_coverage}, 256 byte pieces, specials)")
+    proto = io.BytesIO()
+    spm.set_random_generator_seed(cfg.seed)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines), model_writer=proto,
+            vocab_size=cfg.vocab_size, model_type=cfg.model_type,
+            character_coverage=cfg.character_coverage,
+            normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
+            user_defined_symbols=[NEWLINE], byte_fallback=True, split_digits=True,
+            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+            input_sentence_size=0, num_threads=os.cpu_count() or 1, minloglevel=2)
+    except RuntimeError as exc:
+        if "Vocabulary size" in str(exc):
+            raise ConfigError(f"params.yaml: 'vocab_size' = {cfg.vocab_size} is too large for this corpus: "
+                              f"{exc}") from None
+        raise TokenizerError(f"sentencepiece training failed: {exc}") from None
+    processor = spm.SentencePieceProcessor(model_proto=proto.getvalue())
+    write_atomic(model_file, proto.getvalue())
+    # One "piece<TAB>score" line per id, as sentencepiece writes it; the newline piece is spelled \n.
+    pieces = [processor.id_to_piece(i).replace(NEWLINE, "\\n") for i in range(processor.get_piece_size())]
+    vocab = "".join(f"{piece}\t{processor.get_score(i):g}\n" for i, piece in enumerate(pieces))
+    write_atomic(vocab_file, vocab.encode("utf-8"))
+    return processor
+
+
+def load_tokenizer(model_file: Path) -> spm.SentencePieceProcessor:
+    if not Path(model_file).is_file():
+        raise FileNotFoundError(f"tokenizer model {model_file} not found: run `dvc repro tokenize` first")
+    return spm.SentencePieceProcessor(model_file=str(model_file))
+
+
+def vocabulary_characters(processor: spm.SentencePieceProcessor) -> set[str]:
+    """Characters the vocabulary spells with real pieces (not byte fallback or specials)."""
+    chars = {" "}
+    for i in range(processor.get_piece_size()):
+        if not (processor.is_byte(i) or processor.is_control(i) or processor.is_unknown(i)):
+            chars.update(processor.id_to_piece(i).replace("▁", " "))
+    return chars
+
+
+def held_out_metrics(processor: spm.SentencePieceProcessor, texts: dict[str, str]) -> dict:
+    """Per language: characters, tokens, tokens per character and measured character coverage."""
+    covered = vocabulary_characters(processor)
+    result = {}
+    for language, text in texts.items():
+        tokens = len(processor.encode(text))
+        counts = Counter(text)
+        in_vocab = sum(n for ch, n in counts.items() if ch in covered)
+        result[language] = {
+            "characters": len(text),
+            "tokens": tokens,
+            "tokens_per_character": round(tokens / max(len(text), 1), 6),
+            "character_coverage": round(in_vocab / max(len(text), 1), 6),
+        }
+    return result

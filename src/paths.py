@@ -1,0 +1,15 @@
+"""Where each artifact of the pipeline lives, relative to the project root (dvc.yaml names the same)."""
+
+from pathlib import Path
+
+DATA = Path("data")
+METRICS = Path("metrics")
+
+RAW_DIR = DATA / "raw"
+CORPUS_FILE = DATA / "corpus_bilingual.txt"
+CORPUS_INDEX_FILE = DATA / "corpus_index.json"
+CORPUS_METRICS = METRICS / "corpus.json"
+
+TOKENIZER_MODEL = DATA / "tokenizer.model"
+TOKENIZER_VOCAB = DATA / "tokenizer.vocab"
+TOKENIZER_METRICS = METRICS / "tokenizer.json"

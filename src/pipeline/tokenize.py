@@ -1,0 +1,56 @@
+"""Stage `tokenize`: train the sentencepiece tokenizer on the training split (exit code 3 on failure).
+
+    python -m src.pipeline.tokenize [--params params.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from src import paths
+from src.config import SplitConfig, TokenizerConfig, load_config
+from src.data.corpus import part_text, read_index, split_books, write_atomic
+from src.data.tokenizer import TokenizerError, held_out_metrics, train_tokenizer
+from src.pipeline.stage import ExitCode, PrerequisiteError, run_stage
+
+log = logging.getLogger(__name__)
+
+def tokenize(split_cfg: SplitConfig, cfg: TokenizerConfig, *, corpus_file: Path = paths.CORPUS_FILE,
+             index_file: Path = paths.CORPUS_INDEX_FILE, model_file: Path = paths.TOKENIZER_MODEL,
+             vocab_file: Path = paths.TOKENIZER_VOCAB, metrics_file: Path = paths.TOKENIZER_METRICS) -> dict:
+    for needed in (corpus_file, index_file):
+        if not needed.is_file():
+            raise PrerequisiteError(f"{needed} not found: run `dvc repro download` first")
+    corpus = corpus_file.read_bytes()
+    splits = split_books(corpus, read_index(index_file), split_cfg.holdout_fraction)
+    lines = [line for s in splits for line in part_text(corpus, s.train).split("\n") if line.strip()]
+    held_out: dict[str, str] = {}
+    for s in splits:
+        held_out[s.language] = held_out.get(s.language, "") + part_text(corpus, s.validation)
+
+    processor = train_tokenizer(lines, cfg, model_file, vocab_file)
+    metrics = {"vocab_size": processor.get_piece_size(),
+               "held_out": held_out_metrics(processor, held_out)}
+    write_atomic(metrics_file, (json.dumps(metrics, indent=2) + "\n").encode())
+    log.info("%s tokenizer, %d pieces: %s", cfg.model_type, metrics["vocab_size"],
+             {lang: m["tokens_per_character"] for lang, m in metrics["held_out"].items()})
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml", type=Path)
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        cfg = load_config(args.params)
+        tokenize(cfg.split, cfg.tokenizer)
+
+    run_stage("tokenize", body, ExitCode.TOKENIZER, expected=(TokenizerError,))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""dvc.yaml declares, for every stage, exactly the params keys and the paths the code uses."""
+
+import ast
+import importlib
+
+import pytest
+import yaml
+
+from src import paths
+from src.config import params_keys, sections_read_by
+from tests.conftest import REPO_ROOT
+
+DVC_YAML = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+
+# stage name -> (module, the function that does the stage's work)
+STAGES = {
+    "download": ("src.pipeline.download", "download"),
+    "tokenize": ("src.pipeline.tokenize", "tokenize"),
+}
+
+OUTS = {
+    "download": [paths.RAW_DIR, paths.CORPUS_FILE, paths.CORPUS_INDEX_FILE],
+    "tokenize": [paths.TOKENIZER_MODEL, paths.TOKENIZER_VOCAB],
+}
+METRICS = {"download": [paths.CORPUS_METRICS], "tokenize": [paths.TOKENIZER_METRICS]}
+
+
+def test_every_stage_is_checked():
+    assert set(DVC_YAML) == set(STAGES)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_declared_params_are_the_params_the_stage_reads(stage):
+    module, function = STAGES[stage]
+    reads = params_keys(*sections_read_by(getattr(importlib.import_module(module), function)))
+    assert sorted(DVC_YAML[stage]["params"]) == sorted(reads)
+
+
+def project_imports(module: str) -> set[str]:
+    """The files under src/ that ``module`` imports, directly or through other project modules."""
+    seen: set[str] = set()
+    pending = [module]
+    while pending:
+        name = pending.pop()
+        file = REPO_ROOT / (name.replace(".", "/") + ".py")
+        if not file.is_file() or str(file.relative_to(REPO_ROOT)) in seen:
+            continue
+        seen.add(str(file.relative_to(REPO_ROOT)))
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("src"):
+                pending.append(node.module)
+                pending.extend(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                pending.extend(a.name for a in node.names if a.name.startswith("src."))
+    return seen
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_stage_runs_its_module_and_depends_on_exactly_its_code(stage):
+    module, _ = STAGES[stage]
+    spec = DVC_YAML[stage]
+    assert spec["cmd"] == f"python -m {module}"
+    code_deps = {d for d in spec["deps"] if d.startswith("src/")}
+    assert code_deps == project_imports(module)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_outs_and_metrics_are_the_paths_the_code_writes(stage):
+    spec = DVC_YAML[stage]
+    assert spec["outs"] == [str(p) for p in OUTS[stage]]
+    assert [next(iter(m)) for m in spec["metrics"]] == [str(p) for p in METRICS[stage]]
+    assert all(next(iter(m.values()))["cache"] is False for m in spec["metrics"])

@@ -1,0 +1,137 @@
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from src.data.fetch import (ChecksumMismatch, DownloadError, FetchPolicy, fetch_verified, resolve_location,
+                            sha256_of)
+
+URL = "https://www.gutenberg.org/cache/epub/11/pg11.txt"
+
+
+def policy(**changes):
+    return FetchPolicy(**{"timeout_s": 5.0, "retries": 2, "backoff_s": 0.0, "max_bytes": 10_000_000, **changes})
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- mirror resolution ---------------------------------------------------------------------
+
+def test_no_mirror_means_the_source_url():
+    assert resolve_location(URL, "pg11.txt", None) == URL
+    assert resolve_location(URL, "pg11.txt", "") == URL
+
+
+@pytest.mark.parametrize("mirror", ["http://127.0.0.1:8000/books", "http://127.0.0.1:8000/books/"])
+def test_http_mirror_joins_the_file_name(mirror):
+    assert resolve_location(URL, "pg11.txt", mirror) == "http://127.0.0.1:8000/books/pg11.txt"
+
+
+def test_directory_mirror(tmp_path):
+    assert resolve_location(URL, "pg11.txt", str(tmp_path)) == str(tmp_path.resolve() / "pg11.txt")
+
+
+@pytest.mark.parametrize("mirror, message", [
+    ("ftp://mirror.example/books", "only http://, https:// or a local directory"),
+    ("file:///srv/books", "only http://, https:// or a local directory"),
+    ("/no/such/directory", "not a directory"),
+])
+def test_bad_mirrors_are_refused(mirror, message):
+    with pytest.raises(DownloadError, match=message):
+        resolve_location(URL, "pg11.txt", mirror)
+
+
+# --- local mirror --------------------------------------------------------------------------
+
+def test_fetch_from_a_directory_verifies_and_lands(shared_corpus, tmp_path):
+    dest = tmp_path / "raw" / "pg11.txt"
+    expected = sha(shared_corpus / "pg11.txt")
+    assert fetch_verified(str(shared_corpus / "pg11.txt"), dest, expected, policy(), label="pg11.txt")
+    assert sha(dest) == expected
+    # Already there and verified: nothing is fetched again.
+    assert not fetch_verified(str(shared_corpus / "missing.txt"), dest, expected, policy(), label="pg11.txt")
+
+
+def test_checksum_mismatch_names_both_hashes_and_keeps_the_existing_file(shared_corpus, tmp_path):
+    dest = tmp_path / "pg11.txt"
+    dest.write_text("the file that was already here")
+    wrong = "0" * 64
+    with pytest.raises(ChecksumMismatch) as err:
+        fetch_verified(str(shared_corpus / "pg11.txt"), dest, wrong, policy(), label="pg11.txt")
+    message = str(err.value)
+    assert "pg11.txt" in message and wrong in message and sha(shared_corpus / "pg11.txt") in message
+    assert "set this book's sha256 in params.yaml" in message
+    assert dest.read_text() == "the file that was already here"
+    assert [p.name for p in tmp_path.iterdir()] == ["pg11.txt"]  # no temporary file left behind
+
+
+def test_missing_file_in_a_directory_mirror(tmp_path):
+    with pytest.raises(DownloadError, match="does not exist in the mirror"):
+        fetch_verified(str(tmp_path / "pg11.txt"), tmp_path / "out.txt", "0" * 64, policy(), label="pg11.txt")
+
+
+def test_size_cap_applies_to_local_files(shared_corpus, tmp_path):
+    with pytest.raises(DownloadError, match="over the 1000-byte cap"):
+        fetch_verified(str(shared_corpus / "pg11.txt"), tmp_path / "o", "0" * 64, policy(max_bytes=1000), label="x")
+
+
+# --- HTTP, against a real server on 127.0.0.1 -----------------------------------------------
+
+def test_http_download(book_server, shared_corpus, tmp_path):
+    dest = tmp_path / "pg2000.txt"
+    expected = sha(shared_corpus / "pg2000.txt")
+    assert fetch_verified(f"{book_server.url}/pg2000.txt", dest, expected, policy(), label="pg2000.txt")
+    assert sha256_of(dest) == expected
+    assert book_server.requests == ["/pg2000.txt"]
+
+
+def test_http_404_fails_at_once(book_server, tmp_path):
+    book_server.mode = "404"
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        fetch_verified(f"{book_server.url}/pg11.txt", tmp_path / "x", "0" * 64, policy(), label="pg11.txt")
+    assert len(book_server.requests) == 1  # a client error is not retried
+
+
+def test_http_500_is_retried_then_given_up(book_server, tmp_path):
+    book_server.mode = "500"
+    slept = []
+    with pytest.raises(DownloadError, match=r"giving up .* after 3 attempt\(s\): HTTP 500"):
+        fetch_verified(f"{book_server.url}/pg11.txt", tmp_path / "x", "0" * 64, policy(backoff_s=0.5),
+                       label="pg11.txt", sleep=slept.append)
+    assert len(book_server.requests) == 3
+    assert slept == [0.5, 1.0]  # exponential backoff
+    assert not any(tmp_path.iterdir())
+
+
+def test_http_flaky_server_recovers_on_retry(book_server, shared_corpus, tmp_path):
+    book_server.mode, book_server.failures_left = "flaky", 2
+    expected = sha(shared_corpus / "pg11.txt")
+    assert fetch_verified(f"{book_server.url}/pg11.txt", tmp_path / "pg11.txt", expected, policy(), label="pg11")
+    assert len(book_server.requests) == 3 and sha(tmp_path / "pg11.txt") == expected
+
+
+def test_http_truncated_body_is_detected(book_server, tmp_path):
+    book_server.mode = "truncated"
+    with pytest.raises(DownloadError, match="truncated body"):
+        fetch_verified(f"{book_server.url}/pg11.txt", tmp_path / "x", "0" * 64, policy(retries=1), label="pg11")
+    assert len(book_server.requests) == 2
+
+
+def test_http_slow_body_times_out(book_server, tmp_path):
+    book_server.mode = "slow"
+    with pytest.raises(DownloadError, match="giving up"):
+        fetch_verified(f"{book_server.url}/pg11.txt", tmp_path / "x", "0" * 64, policy(timeout_s=0.3, retries=0),
+                       label="pg11")
+
+
+def test_http_size_cap_from_content_length(book_server, tmp_path):
+    with pytest.raises(DownloadError, match="announces 173597 bytes, over the 1000-byte cap"):
+        fetch_verified(f"{book_server.url}/pg11.txt", tmp_path / "x", "0" * 64, policy(max_bytes=1000), label="pg11")
+
+
+def test_unreachable_server_is_retried(tmp_path):
+    with pytest.raises(DownloadError, match="cannot reach"):
+        fetch_verified("http://127.0.0.1:9/pg11.txt", tmp_path / "x", "0" * 64, policy(retries=1), label="pg11",
+                       sleep=lambda s: None)

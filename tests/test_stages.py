@@ -1,0 +1,77 @@
+"""The data stages run as DVC runs them (`python -m ...`), with their documented exit codes."""
+
+import json
+
+import pytest
+
+from tests.conftest import run_module, write_params
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    write_params(tmp_path)
+    return tmp_path
+
+
+def test_download_then_tokenize_from_the_loopback_server(workdir, book_server):
+    done = run_module("src.pipeline.download", workdir, env={"TT_CORPUS_MIRROR": book_server.url})
+    assert done.returncode == 0, done.stderr
+    assert sorted(book_server.requests) == ["/pg11.txt", "/pg1342.txt", "/pg2000.txt"]
+    corpus = (workdir / "data/corpus_bilingual.txt").read_text(encoding="utf-8")
+    assert "It is a truth universally acknowledged" in corpus and "En un lugar de la Mancha" in corpus
+    assert "PROJECT GUTENBERG" not in corpus.upper() and "\r" not in corpus
+    metrics = json.loads((workdir / "metrics/corpus.json").read_text())
+    assert metrics["bytes"] == len(corpus.encode()) and metrics["characters"] == len(corpus)
+    assert set(metrics["books"]) == {"pride_and_prejudice", "alice_in_wonderland", "don_quijote"}
+    assert 0.25 < metrics["languages"]["en"]["share"] < 0.35
+
+    write_params(workdir, {"vocab_size": 2000})
+    done = run_module("src.pipeline.tokenize", workdir)
+    assert done.returncode == 0, done.stderr
+    assert (workdir / "data/tokenizer.model").is_file() and (workdir / "data/tokenizer.vocab").is_file()
+    tokenizer = json.loads((workdir / "metrics/tokenizer.json").read_text())
+    assert tokenizer["vocab_size"] == 2000
+    assert set(tokenizer["held_out"]) == {"en", "es"}
+
+
+def test_bad_param_exits_1_before_any_work(workdir, book_server):
+    write_params(workdir, {"corpus.retries": -1})
+    done = run_module("src.pipeline.download", workdir, env={"TT_CORPUS_MIRROR": book_server.url})
+    assert done.returncode == 1
+    assert "'corpus.retries' = -1 is out of range: must be an integer in [0, 20]" in done.stderr
+    assert book_server.requests == [] and not (workdir / "data").exists()
+
+
+def test_not_enough_disk_exits_1(workdir, book_server):
+    write_params(workdir, {"corpus.min_free_disk_gb": 999_999})
+    done = run_module("src.pipeline.download", workdir, env={"TT_CORPUS_MIRROR": book_server.url})
+    assert done.returncode == 1 and "corpus.min_free_disk_gb" in done.stderr
+    assert book_server.requests == []
+
+
+def test_checksum_mismatch_exits_2_and_keeps_the_existing_corpus(workdir, shared_corpus):
+    assert run_module("src.pipeline.download", workdir, env={"TT_CORPUS_MIRROR": str(shared_corpus)}).returncode == 0
+    before = {p: p.read_bytes() for p in (workdir / "data").rglob("*") if p.is_file()}
+    params = write_params(workdir)
+    text = params.read_text().replace("2bb7d5634ee2683a52fc0f016464124d35fc310f395f1b79d2ed0dc33c7f2a44", "f" * 64)
+    params.write_text(text)
+    done = run_module("src.pipeline.download", workdir, env={"TT_CORPUS_MIRROR": str(shared_corpus)})
+    assert done.returncode == 2
+    assert "pg11.txt: sha256 mismatch" in done.stderr and "f" * 64 in done.stderr
+    assert {p: p.read_bytes() for p in (workdir / "data").rglob("*") if p.is_file()} == before
+
+
+def test_bad_mirror_exits_2(workdir):
+    done = run_module("src.pipeline.download", workdir, env={"TT_CORPUS_MIRROR": "ftp://example.org/books"})
+    assert done.returncode == 2 and "only http://, https:// or a local directory" in done.stderr
+
+
+def test_404_exits_2(workdir, book_server):
+    book_server.mode = "404"
+    done = run_module("src.pipeline.download", workdir, env={"TT_CORPUS_MIRROR": book_server.url})
+    assert done.returncode == 2 and "HTTP 404" in done.stderr
+
+
+def test_tokenize_without_a_corpus_exits_1(workdir):
+    done = run_module("src.pipeline.tokenize", workdir)
+    assert done.returncode == 1 and "run `dvc repro download` first" in done.stderr

@@ -1,0 +1,78 @@
+import sentencepiece as spm
+import pytest
+
+from src.config import ConfigError, TokenizerConfig
+from src.data.corpus import part_text, split_books, assemble
+from src.data.gutenberg import clean_book
+from src.data.tokenizer import NEWLINE, held_out_metrics, required_characters, train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def small_corpus(shared_corpus):
+    """The first 150 kB of an English and a Spanish book: enough for a 1000-piece vocabulary."""
+    books = [("alice", "en", clean_book((shared_corpus / "pg11.txt").read_bytes(), "pg11")[:150_000]),
+             ("quijote", "es", clean_book((shared_corpus / "pg2000.txt").read_bytes(), "pg2000")[:150_000])]
+    corpus, spans = assemble(books)
+    splits = split_books(corpus, spans, 0.1)
+    lines = [l for s in splits for l in part_text(corpus, s.train).split("\n") if l.strip()]
+    held_out = {s.language: part_text(corpus, s.validation) for s in splits}
+    return lines, held_out
+
+
+def cfg(**changes):
+    return TokenizerConfig(**{"vocab_size": 1000, "model_type": "unigram", "character_coverage": 0.9995,
+                              "seed": 7, **changes})
+
+
+@pytest.mark.parametrize("model_type", ["unigram", "bpe"])
+def test_trains_writes_and_round_trips(small_corpus, tmp_path, model_type):
+    lines, held_out = small_corpus
+    model, vocab = tmp_path / "tok.model", tmp_path / "tok.vocab"
+    processor = train_tokenizer(lines, cfg(model_type=model_type), model, vocab)
+    assert processor.get_piece_size() == 1000
+    loaded = spm.SentencePieceProcessor(model_file=str(model))
+    assert len(vocab.read_text(encoding="utf-8").splitlines()) == 1000
+    text = "“Curiouser and curiouser!” cried Alice.\n\n—¿Qué dices, Sancho?  ✓"
+    assert loaded.decode(loaded.encode(text)) == text  # whitespace, newlines and unseen characters survive
+    assert NEWLINE in loaded.encode(text, out_type=str)
+    assert loaded.unk_id() not in loaded.encode(text)  # byte fallback: nothing is unknown
+
+
+def test_training_is_deterministic(small_corpus, tmp_path):
+    lines, _ = small_corpus
+    train_tokenizer(lines, cfg(), tmp_path / "a.model", tmp_path / "a.vocab")
+    train_tokenizer(lines, cfg(), tmp_path / "b.model", tmp_path / "b.vocab")
+    assert (tmp_path / "a.model").read_bytes() == (tmp_path / "b.model").read_bytes()
+
+
+def test_vocab_too_small_is_a_config_error_before_training(small_corpus, tmp_path):
+    lines, _ = small_corpus
+    with pytest.raises(ConfigError, match=r"'vocab_size' = 100 is too small for this corpus: it needs at least \d+"):
+        train_tokenizer(lines, cfg(vocab_size=100), tmp_path / "t.model", tmp_path / "t.vocab")
+    assert not (tmp_path / "t.model").exists()
+
+
+def test_vocab_too_large_is_a_config_error(small_corpus, tmp_path):
+    lines, _ = small_corpus
+    with pytest.raises(ConfigError, match=r"'vocab_size' = 60000 is too large for this corpus"):
+        train_tokenizer(lines[:200], cfg(vocab_size=60000), tmp_path / "t.model", tmp_path / "t.vocab")
+    assert not (tmp_path / "t.model").exists()
+
+
+def test_held_out_metrics(small_corpus, tmp_path):
+    lines, held_out = small_corpus
+    processor = train_tokenizer(lines, cfg(), tmp_path / "t.model", tmp_path / "t.vocab")
+    metrics = held_out_metrics(processor, held_out)
+    for language in ("en", "es"):
+        m = metrics[language]
+        assert m["characters"] == len(held_out[language])
+        assert m["tokens"] == len(processor.encode(held_out[language]))
+        assert 0.1 < m["tokens_per_character"] < 1.0
+        assert 0.99 < m["character_coverage"] <= 1.0
+    rare = held_out_metrics(processor, {"xx": "☃☃☃☃ab"})["xx"]
+    assert rare["character_coverage"] == pytest.approx(2 / 6)
+
+
+def test_required_characters():
+    assert required_characters(["aaaaaaaaab"], 0.9) == 1
+    assert required_characters(["aaaaaaaaab"], 1.0) == 2
