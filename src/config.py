@@ -71,12 +71,54 @@ class TokenizerConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    n_layers: int = _key("model.n_layers")
+    n_heads: int = _key("model.n_heads")
+    d_model: int = _key("model.d_model")
+    d_ff: int = _key("model.d_ff")
+    dropout: float = _key("model.dropout")
+    context_length: int = _key("max_seq_length")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = _key("epochs")
     batch_size: int = _key("batch_size")
     learning_rate: float = _key("learning_rate")
     max_seq_length: int = _key("max_seq_length")
     seed: int = _key("seed")
+    weight_decay: float = _key("train.weight_decay")
+    warmup_steps: int = _key("train.warmup_steps")
+    min_lr_ratio: float = _key("train.min_lr_ratio")
+    grad_clip: float = _key("train.grad_clip")
+    eval_batch_size: int = _key("train.eval_batch_size")
+    checkpoint_every: int = _key("train.checkpoint_every")
+    # bf16 autocast runs the matrix products in bfloat16 (weights and optimizer stay fp32).
+    precision: str = _key("train.precision")
+    # An epoch-2+ validation loss above this means training is not learning (see the README).
+    plateau_loss: float = _key("train.plateau_loss")
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    rss_mb: float = _key("validate.budgets.rss_mb")
+    peak_mb: float = _key("validate.budgets.peak_mb")
+    latency_p95_ms: float = _key("validate.budgets.latency_p95_ms")
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    prompt_en: str = _key("validate.prompt_en")
+    prompt_es: str = _key("validate.prompt_es")
+    sample_tokens: int = _key("validate.sample_tokens")
+    temperature: float = _key("validate.temperature")
+    top_k: int = _key("validate.top_k")
+    warmup_tokens: int = _key("validate.warmup_tokens")
+    max_repetition: float = _key("validate.max_repetition")
+    max_unknown_share: float = _key("validate.max_unknown_share")
+    max_whitespace_share: float = _key("validate.max_whitespace_share")
+    seed: int = _key("seed")
+    budgets: BudgetConfig = _key("validate.budgets")
 
 
 @dataclass(frozen=True)
@@ -84,7 +126,9 @@ class Config:
     corpus: CorpusConfig
     split: SplitConfig
     tokenizer: TokenizerConfig
+    model: ModelConfig
     train: TrainConfig
+    validate: ValidateConfig
 
 
 def params_keys(*sections: type) -> list[str]:
@@ -92,8 +136,10 @@ def params_keys(*sections: type) -> list[str]:
     keys: list[str] = []
     for section in sections:
         for f in dataclasses.fields(section):
-            if "key" in f.metadata and f.metadata["key"] not in keys:
-                keys.append(f.metadata["key"])
+            nested = _NESTED_SECTIONS.get(f.metadata.get("key"))
+            for key in params_keys(nested) if nested else [f.metadata["key"]]:
+                if key not in keys:
+                    keys.append(key)
     return keys
 
 
@@ -127,6 +173,13 @@ def _choice(raw: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ConfigError(
             f"params.yaml: '{key}' = {value!r} is not allowed: must be one of {', '.join(choices)}")
+    return value
+
+
+def _text(raw: Mapping[str, Any], key: str) -> str:
+    value = _lookup(raw, key)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"params.yaml: '{key}' = {value!r} is not valid: must be a non-empty string")
     return value
 
 
@@ -171,7 +224,8 @@ def _sources(raw: Mapping[str, Any]) -> tuple[BookSource, ...]:
     return tuple(books)
 
 
-_SECTION_TYPES = (CorpusConfig, SplitConfig, TokenizerConfig, TrainConfig)
+_SECTION_TYPES = (CorpusConfig, SplitConfig, TokenizerConfig, ModelConfig, TrainConfig, ValidateConfig)
+_NESTED_SECTIONS = {"validate.budgets": BudgetConfig}
 
 _SECTION_BUILDERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     "corpus": lambda raw: CorpusConfig(
@@ -192,14 +246,53 @@ _SECTION_BUILDERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
         character_coverage=_number(raw, "tokenizer.character_coverage", float, 0.9, 1.0),
         seed=_number(raw, "seed", int, 0, 2**31 - 1),
     ),
+    "model": lambda raw: ModelConfig(
+        n_layers=_number(raw, "model.n_layers", int, 1, 64),
+        n_heads=_number(raw, "model.n_heads", int, 1, 64),
+        d_model=_number(raw, "model.d_model", int, 8, 4096),
+        d_ff=_number(raw, "model.d_ff", int, 8, 16384),
+        dropout=_number(raw, "model.dropout", float, 0, 0.9),
+        context_length=_number(raw, "max_seq_length", int, 8, 8192),
+    ),
     "train": lambda raw: TrainConfig(
         epochs=_number(raw, "epochs", int, 1, 10_000),
         batch_size=_number(raw, "batch_size", int, 1, 4096),
         learning_rate=_number(raw, "learning_rate", float, 0, 1, lo_open=True),
         max_seq_length=_number(raw, "max_seq_length", int, 8, 8192),
         seed=_number(raw, "seed", int, 0, 2**31 - 1),
+        weight_decay=_number(raw, "train.weight_decay", float, 0, 1),
+        warmup_steps=_number(raw, "train.warmup_steps", int, 0, 1_000_000),
+        min_lr_ratio=_number(raw, "train.min_lr_ratio", float, 0, 1),
+        grad_clip=_number(raw, "train.grad_clip", float, 0, 1000, lo_open=True),
+        eval_batch_size=_number(raw, "train.eval_batch_size", int, 1, 4096),
+        checkpoint_every=_number(raw, "train.checkpoint_every", int, 1, 10_000),
+        precision=_choice(raw, "train.precision", ("bf16", "fp32")),
+        plateau_loss=_number(raw, "train.plateau_loss", float, 0, 100, lo_open=True),
+    ),
+    "validate": lambda raw: ValidateConfig(
+        prompt_en=_text(raw, "validate.prompt_en"),
+        prompt_es=_text(raw, "validate.prompt_es"),
+        sample_tokens=_number(raw, "validate.sample_tokens", int, 1, 4096),
+        temperature=_number(raw, "validate.temperature", float, 0, 10),
+        top_k=_number(raw, "validate.top_k", int, 0, 65536),
+        warmup_tokens=_number(raw, "validate.warmup_tokens", int, 0, 1024),
+        max_repetition=_number(raw, "validate.max_repetition", float, 0, 1),
+        max_unknown_share=_number(raw, "validate.max_unknown_share", float, 0, 1),
+        max_whitespace_share=_number(raw, "validate.max_whitespace_share", float, 0, 1),
+        seed=_number(raw, "seed", int, 0, 2**31 - 1),
+        budgets=BudgetConfig(
+            rss_mb=_number(raw, "validate.budgets.rss_mb", float, 0, 1_000_000, lo_open=True),
+            peak_mb=_number(raw, "validate.budgets.peak_mb", float, 0, 1_000_000, lo_open=True),
+            latency_p95_ms=_number(raw, "validate.budgets.latency_p95_ms", float, 0, 1_000_000, lo_open=True),
+        ),
     ),
 }
+
+
+def _check_model_shape(model: ModelConfig) -> None:
+    if model.d_model % model.n_heads or (model.d_model // model.n_heads) % 2:
+        raise ConfigError(f"params.yaml: 'model.d_model' = {model.d_model} must split into 'model.n_heads' = "
+                          f"{model.n_heads} heads of an even width (rotary positions rotate pairs)")
 
 
 def _leaf_keys(raw: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -222,6 +315,7 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
     if unknown:
         raise ConfigError(f"params.yaml: unknown key '{unknown[0]}' (known keys: {', '.join(sorted(known))})")
     sections = {name: build(raw) for name, build in _SECTION_BUILDERS.items()}
+    _check_model_shape(sections["model"])
     return Config(**sections)
 
 

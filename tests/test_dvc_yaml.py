@@ -16,13 +16,20 @@ DVC_YAML = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
 STAGES = {
     "download": ("src.pipeline.download", "download"),
     "tokenize": ("src.pipeline.tokenize", "tokenize"),
+    "train": ("src.pipeline.train", "run_train"),
+    "validate": ("src.pipeline.validate", "validate"),
 }
+# Modules a stage runs in a child process rather than imports.
+RUNS = {"validate": ["src.cli.minimal_llm"]}
 
 OUTS = {
     "download": [paths.RAW_DIR, paths.CORPUS_FILE, paths.CORPUS_INDEX_FILE],
-    "tokenize": [paths.TOKENIZER_MODEL, paths.TOKENIZER_VOCAB],
+    "tokenize": [paths.TOKENIZER_MODEL, paths.TOKENIZER_VOCAB, paths.TOKENS_DIR],
+    "train": [paths.CHECKPOINT_DIR, paths.BEST_MODEL, paths.FINAL_MODEL, paths.TRAINING_METRICS],
+    "validate": [paths.SAMPLES],
 }
-METRICS = {"download": [paths.CORPUS_METRICS], "tokenize": [paths.TOKENIZER_METRICS]}
+METRICS = {"download": [paths.CORPUS_METRICS], "tokenize": [paths.TOKENIZER_METRICS],
+           "train": [paths.TRAIN_METRICS], "validate": [paths.VALIDATE_METRICS]}
 
 
 def test_every_stage_is_checked():
@@ -61,12 +68,15 @@ def test_the_stage_runs_its_module_and_depends_on_exactly_its_code(stage):
     spec = DVC_YAML[stage]
     assert spec["cmd"] == f"python -m {module}"
     code_deps = {d for d in spec["deps"] if d.startswith("src/")}
-    assert code_deps == project_imports(module)
+    expected = project_imports(module)
+    for child in RUNS.get(stage, []):
+        expected |= project_imports(child)
+    assert code_deps == expected
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_outs_and_metrics_are_the_paths_the_code_writes(stage):
     spec = DVC_YAML[stage]
-    assert spec["outs"] == [str(p) for p in OUTS[stage]]
+    assert [o if isinstance(o, str) else next(iter(o)) for o in spec["outs"]] == [str(p) for p in OUTS[stage]]
     assert [next(iter(m)) for m in spec["metrics"]] == [str(p) for p in METRICS[stage]]
     assert all(next(iter(m.values()))["cache"] is False for m in spec["metrics"])

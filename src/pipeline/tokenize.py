@@ -1,4 +1,4 @@
-"""Stage `tokenize`: train the sentencepiece tokenizer on the training split (exit code 3 on failure).
+"""Stage `tokenize`: train the tokenizer on the training split and encode both splits (exit code 3).
 
     python -m src.pipeline.tokenize [--params params.yaml]
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 from src import paths
 from src.config import SplitConfig, TokenizerConfig, load_config
 from src.data.corpus import part_text, read_index, split_books, write_atomic
+from src.data.dataset import encode_split, write_token_dataset
 from src.data.tokenizer import TokenizerError, held_out_metrics, train_tokenizer
 from src.pipeline.stage import ExitCode, PrerequisiteError, run_stage
 
@@ -20,7 +21,8 @@ log = logging.getLogger(__name__)
 
 def tokenize(split_cfg: SplitConfig, cfg: TokenizerConfig, *, corpus_file: Path = paths.CORPUS_FILE,
              index_file: Path = paths.CORPUS_INDEX_FILE, model_file: Path = paths.TOKENIZER_MODEL,
-             vocab_file: Path = paths.TOKENIZER_VOCAB, metrics_file: Path = paths.TOKENIZER_METRICS) -> dict:
+             vocab_file: Path = paths.TOKENIZER_VOCAB, metrics_file: Path = paths.TOKENIZER_METRICS,
+             tokens_dir: Path = paths.TOKENS_DIR) -> dict:
     for needed in (corpus_file, index_file):
         if not needed.is_file():
             raise PrerequisiteError(f"{needed} not found: run `dvc repro download` first")
@@ -32,6 +34,8 @@ def tokenize(split_cfg: SplitConfig, cfg: TokenizerConfig, *, corpus_file: Path 
         held_out[s.language] = held_out.get(s.language, "") + part_text(corpus, s.validation)
 
     processor = train_tokenizer(lines, cfg, model_file, vocab_file)
+    write_token_dataset(tokens_dir, {part: encode_split(processor, corpus, splits, part)
+                                     for part in ("train", "validation")})
     metrics = {"vocab_size": processor.get_piece_size(),
                "held_out": held_out_metrics(processor, held_out)}
     write_atomic(metrics_file, (json.dumps(metrics, indent=2) + "\n").encode())

@@ -1,0 +1,172 @@
+"""Talk to the trained model.
+
+    python -m src.cli.minimal_llm generate --prompt "It is a truth" --max_tokens 50 [--json]
+
+Exit codes: 0 ok, 1 bad input or a missing model/tokenizer, 5 a budget exceeded in --safety-mode strict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import resource
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+from src import paths
+from src.config import ConfigError, load_config
+from src.data.tokenizer import EOS_ID, load_tokenizer
+from src.inference.generate import Sampling, generate
+from src.model.checkpoint import CheckpointError, load_model
+
+# --safety-mode strict: hard caps on what one call may ask for.
+STRICT_MAX_PROMPT_CHARS = 2000
+STRICT_MAX_TOKENS = 256
+EXIT_BAD_INPUT = 1
+EXIT_BUDGET = 5
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # keeps \t and \n
+
+
+class UsageError(Exception):
+    pass
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (nearest rank) of ``values``; 0 for none."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[max(math.ceil(q / 100 * len(ordered)) - 1, 0)]
+
+
+def memory_mb() -> tuple[float, float]:
+    """(resident set size now, peak resident set size) of this process, in MB."""
+    rss = psutil.Process().memory_info().rss / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports kB
+    return rss, peak
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    if not args.prompt.strip():
+        raise UsageError("--prompt is empty: give the text to continue")
+    if args.max_tokens < 1:
+        raise UsageError(f"--max_tokens must be at least 1, got {args.max_tokens}")
+    if not 0 <= args.temperature <= 10:
+        raise UsageError(f"--temperature must be in [0, 10] (0 = greedy), got {args.temperature}")
+    if args.top_k < 0:
+        raise UsageError(f"--top_k must be 0 (off) or more, got {args.top_k}")
+    if not 0 < args.top_p <= 1:
+        raise UsageError(f"--top_p must be in (0, 1], got {args.top_p}")
+    if args.warmup_tokens < 0:
+        raise UsageError(f"--warmup_tokens must be 0 or more, got {args.warmup_tokens}")
+    if args.safety_mode == "strict":
+        if len(args.prompt) > STRICT_MAX_PROMPT_CHARS:
+            raise UsageError(f"--safety-mode strict allows prompts of at most {STRICT_MAX_PROMPT_CHARS} characters, "
+                             f"got {len(args.prompt)}")
+        if args.max_tokens > STRICT_MAX_TOKENS:
+            raise UsageError(f"--safety-mode strict allows --max_tokens up to {STRICT_MAX_TOKENS}, got {args.max_tokens}")
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    check_arguments(args)
+    budgets = None
+    if args.safety_mode == "strict":
+        try:
+            budgets = load_config(args.params).validate.budgets
+        except ConfigError as exc:
+            raise UsageError(f"--safety-mode strict reads its budgets from {args.params}: {exc}") from None
+    for needed, stage in ((args.model, "train"), (args.tokenizer, "tokenize")):
+        if not Path(needed).is_file():
+            raise UsageError(f"{needed} not found: run `dvc repro {stage}` (or `dvc pull`) first")
+
+    torch.set_num_threads(args.threads)
+    load_started = time.perf_counter()
+    tokenizer = load_tokenizer(args.tokenizer)
+    try:
+        model, meta = load_model(args.model)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
+    if tokenizer.get_piece_size() != model.shape.vocab_size:
+        raise UsageError(f"{args.tokenizer} has {tokenizer.get_piece_size()} pieces but {args.model} was trained "
+                         f"with {model.shape.vocab_size}: they come from different runs")
+    load_ms = (time.perf_counter() - load_started) * 1000
+
+    prompt_ids = tokenizer.encode(args.prompt)
+    generator = torch.Generator().manual_seed(args.seed)
+    sampling = Sampling(args.temperature, args.top_k, args.top_p)
+    new_ids, times = generate(model, prompt_ids, args.max_tokens, sampling, generator,
+                              stop_id=None if args.ignore_eos else EOS_ID)
+    text = tokenizer.decode(new_ids)
+    if args.safety_mode == "strict":
+        text = _CONTROL.sub("", text)
+
+    timed = times.token_latencies_ms[args.warmup_tokens:]
+    total_s = (times.time_to_first_token_ms + sum(times.token_latencies_ms)) / 1000
+    rss, peak = memory_mb()
+    metrics = {
+        "rss_mb": round(rss, 2), "peak_mb": round(peak, 2),
+        "latency_p50_ms": round(percentile(timed, 50), 4), "latency_p95_ms": round(percentile(timed, 95), 4),
+        "time_to_first_token_ms": round(times.time_to_first_token_ms, 3),
+        "tokens_per_sec": round(len(new_ids) / total_s, 2) if total_s else 0.0,
+        "model_load_ms": round(load_ms, 2), "prompt_tokens": len(prompt_ids), "new_tokens": len(new_ids),
+        "timed_tokens": len(timed),
+        "unknown_share": round(sum(tokenizer.is_unknown(i) or tokenizer.is_byte(i) for i in new_ids)
+                               / max(len(new_ids), 1), 6),
+    }
+    if args.json:
+        print(json.dumps({"prompt": args.prompt, "text": text, "model": str(args.model),
+                          "best_validation_loss": meta["training_state"]["best_validation_loss"],
+                          "metrics": metrics}, ensure_ascii=False))
+    else:
+        print(args.prompt + text)
+    if budgets is not None:
+        over = [f"{name} {value:.1f} > {limit:g}" for name, value, limit in (
+            ("rss_mb", metrics["rss_mb"], budgets.rss_mb), ("peak_mb", metrics["peak_mb"], budgets.peak_mb),
+            ("latency_p95_ms", metrics["latency_p95_ms"], budgets.latency_p95_ms)) if value > limit]
+        if over:
+            print(f"error: over budget ({', '.join(over)}); see validate.budgets in {args.params}", file=sys.stderr)
+            return EXIT_BUDGET
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="python -m src.cli.minimal_llm", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = root.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="continue a prompt")
+    gen.add_argument("--prompt", required=True, help="text to continue")
+    gen.add_argument("--max_tokens", type=int, default=50, help="tokens to generate (default 50)")
+    gen.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    gen.add_argument("--top_k", type=int, default=40, help="sample among the k most likely tokens; 0 = off")
+    gen.add_argument("--top_p", type=float, default=0.95, help="nucleus sampling mass; 1 = off")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same text)")
+    gen.add_argument("--model", type=Path, default=paths.BEST_MODEL, help=f"checkpoint (default {paths.BEST_MODEL})")
+    gen.add_argument("--tokenizer", type=Path, default=paths.TOKENIZER_MODEL)
+    gen.add_argument("--json", action="store_true", help="print the text and metrics as one JSON object")
+    gen.add_argument("--safety-mode", dest="safety_mode", choices=("off", "strict"), default="off",
+                     help="strict: caps prompt length and max_tokens, enforces the memory/latency budgets, "
+                          "strips control characters from the output")
+    gen.add_argument("--params", type=Path, default=Path("params.yaml"), help="where strict mode reads budgets")
+    gen.add_argument("--warmup_tokens", type=int, default=0, help="tokens left out of the latency figures")
+    gen.add_argument("--ignore_eos", action="store_true", help="do not stop at the end-of-text token")
+    gen.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: fastest for one stream)")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return run_generate(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The token dataset: each split's token ids as a flat uint16 file, read back through a memmap.
+
+Books are joined with an end-of-sequence id between them. Training draws random contiguous windows;
+validation walks fixed, non-overlapping windows from the start so its loss is comparable across runs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+import torch
+
+from src.data.corpus import BookSplit, part_text, write_atomic
+from src.data.tokenizer import EOS_ID
+
+TOKEN_DTYPE = np.uint16
+
+
+@dataclass(frozen=True)
+class SplitStats:
+    tokens: int
+    bytes: int  # UTF-8 bytes of the text behind the tokens: the denominator of bits per byte
+
+
+def encode_split(processor: spm.SentencePieceProcessor, corpus: bytes, splits: list[BookSplit],
+                 part: str) -> tuple[np.ndarray, SplitStats]:
+    """Token ids of one part ("train" or "validation") of every book, books separated by EOS."""
+    if processor.get_piece_size() > np.iinfo(TOKEN_DTYPE).max + 1:
+        raise ValueError(f"a vocabulary of {processor.get_piece_size()} pieces does not fit uint16 token ids")
+    ids: list[int] = []
+    n_bytes = 0
+    for split in splits:
+        byte_range = getattr(split, part)
+        ids.extend(processor.encode(part_text(corpus, byte_range)))
+        ids.append(EOS_ID)
+        n_bytes += byte_range[1] - byte_range[0]
+    return np.asarray(ids, dtype=TOKEN_DTYPE), SplitStats(tokens=len(ids), bytes=n_bytes)
+
+
+def write_token_dataset(directory: Path, parts: dict[str, tuple[np.ndarray, SplitStats]]) -> None:
+    for name, (ids, _) in parts.items():
+        write_atomic(directory / f"{name}.bin", ids.tobytes())
+    meta = {name: asdict(stats) for name, (_, stats) in parts.items()}
+    write_atomic(directory / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+
+
+class TokenSplit:
+    """One split's ids (memmapped) and its stats."""
+
+    def __init__(self, directory: Path, name: str):
+        path = Path(directory) / f"{name}.bin"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: run `dvc repro tokenize` first")
+        self.ids = np.memmap(path, dtype=TOKEN_DTYPE, mode="r")
+        self.stats = SplitStats(**json.loads((Path(directory) / "meta.json").read_text())[name])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def windows_per_epoch(self, length: int) -> int:
+        return (len(self.ids) - 1) // length
+
+    def epoch_batches(self, length: int, batch_size: int, generator: torch.Generator):
+        """One epoch: every window of ``length`` (+1 target) tokens once, from a random offset, shuffled.
+
+        Yields (inputs, targets) int64 tensors of shape (B, T); the last batch may be smaller.
+        """
+        n_windows = self.windows_per_epoch(length)
+        spare = len(self.ids) - 1 - n_windows * length
+        offset = int(torch.randint(0, spare + 1, (1,), generator=generator))
+        order = torch.randperm(n_windows, generator=generator).numpy()
+        window_index = np.arange(length + 1)
+        for first in range(0, n_windows, batch_size):
+            starts = offset + order[first:first + batch_size] * length
+            block = torch.from_numpy(self.ids[starts[:, None] + window_index].astype(np.int64))
+            yield block[:, :-1], block[:, 1:]
+
+    def evaluation_batches(self, length: int, batch_size: int):
+        """Fixed, non-overlapping windows covering every token once as a target; the last may be short."""
+        ids = torch.from_numpy(np.asarray(self.ids, dtype=np.int64))
+        starts = list(range(0, len(ids) - 1, length))
+        full = [s for s in starts if s + length + 1 <= len(ids)]
+        for first in range(0, len(full), batch_size):
+            block = torch.stack([ids[s:s + length + 1] for s in full[first:first + batch_size]])
+            yield block[:, :-1], block[:, 1:]
+        if len(full) < len(starts):
+            tail = ids[starts[-1]:]
+            yield tail[None, :-1], tail[None, 1:]

@@ -1,0 +1,80 @@
+"""Autoregressive generation with a KV cache, timing every token.
+
+The prompt is fed once (prefill); each new token then costs one single-token forward pass over the
+cached keys and values. When the context is full, the cache is rebuilt from the most recent half.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from src.model.transformer import KVCache, TinyTransformer
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.8  # 0 means greedy
+    top_k: int = 0  # 0 means no top-k cut
+    top_p: float = 1.0  # 1 means no nucleus cut
+
+
+@dataclass
+class GenerationTimes:
+    time_to_first_token_ms: float = 0.0
+    token_latencies_ms: list[float] = field(default_factory=list)  # every token after the first
+
+
+def next_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
+    """Pick the next id from (V,) logits: greedy, or sampled after temperature, top-k and top-p."""
+    if sampling.temperature == 0:
+        return int(logits.argmax())
+    logits = logits.float() / sampling.temperature
+    if 0 < sampling.top_k < logits.numel():
+        threshold = torch.topk(logits, sampling.top_k).values[-1]
+        logits = logits.masked_fill(logits < threshold, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        # Keep the smallest set of most likely tokens whose mass reaches top_p (the first always stays).
+        outside = sorted_probs.cumsum(0) - sorted_probs >= sampling.top_p
+        probs = probs.scatter(0, order[outside], 0.0)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@torch.inference_mode()
+def generate(model: TinyTransformer, prompt_ids: list[int], max_new_tokens: int, sampling: Sampling,
+             generator: torch.Generator, stop_id: int | None = None) -> tuple[list[int], GenerationTimes]:
+    """Up to ``max_new_tokens`` ids following ``prompt_ids`` (stopping early at ``stop_id``)."""
+    if not prompt_ids:
+        raise ValueError("the prompt encodes to no tokens")
+    context = model.shape.context_length
+    history = list(prompt_ids)
+    new_ids: list[int] = []
+    times = GenerationTimes()
+    cache = KVCache(model.shape, 1, next(model.parameters()).dtype, next(model.parameters()).device)
+
+    started = time.perf_counter()
+    logits = model(torch.tensor([history[-(context - 1):]]), cache)[0, -1]
+    while len(new_ids) < max_new_tokens:
+        token = next_token(logits, sampling, generator)
+        now = time.perf_counter()
+        if new_ids:
+            times.token_latencies_ms.append((now - started) * 1000)
+        else:
+            times.time_to_first_token_ms = (now - started) * 1000
+        if token == stop_id:
+            break
+        new_ids.append(token)
+        history.append(token)
+        if len(new_ids) == max_new_tokens:
+            break
+        started = time.perf_counter()
+        if cache.length == context:
+            cache.length = 0  # full: re-read the most recent half of the text into a fresh cache
+            logits = model(torch.tensor([history[-(context // 2):]]), cache)[0, -1]
+        else:
+            logits = model(torch.tensor([[token]]), cache)[0, -1]
+    return new_ids, times

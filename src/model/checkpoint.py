@@ -1,0 +1,79 @@
+"""Checkpoints: written atomically, loaded with ``weights_only=True``, stamped with a fingerprint.
+
+A checkpoint holds plain data only (tensors, numbers, strings, lists, dicts), so the safe
+``weights_only`` loader can read it. The fingerprint names what produced it (the token data, the
+tokenizer, the params that shape the run, the training code) so a run never resumes from a
+checkpoint of a different recipe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from src.data.corpus import write_atomic
+from src.model.transformer import ModelShape, TinyTransformer
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def file_digest(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+def code_digest(*packages: Path) -> str:
+    """Hash of every Python file in ``packages``: the code version a checkpoint was made with."""
+    digest = hashlib.sha256()
+    for package in packages:
+        for file in sorted(Path(package).rglob("*.py")):
+            digest.update(file.as_posix().encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Serialise ``state`` and write it atomically (temporary file, fsync, rename)."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT_VERSION, **state}, buffer)
+    write_atomic(Path(path), buffer.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found: run `dvc repro train` first")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} is not a TinyTransformer checkpoint of format {FORMAT_VERSION}")
+    return state
+
+
+def load_model(path: Path) -> tuple[TinyTransformer, dict[str, Any]]:
+    """The model of a checkpoint, in eval mode, and the checkpoint's metadata."""
+    state = load_checkpoint(path)
+    model = TinyTransformer(ModelShape(**state["shape"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, {k: v for k, v in state.items() if k not in ("model", "optimizer", "scheduler", "rng")}
+
+
+def set_aside(path: Path, reason: str) -> Path:
+    """Move a checkpoint that must not be used into ``set_aside/`` beside it; never delete it."""
+    target = path.parent / "set_aside" / path.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, target)
+    return target

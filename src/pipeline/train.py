@@ -1,0 +1,92 @@
+"""Stage `train`: train TinyTransformer on the token dataset, resuming if it can (exit code 4 on failure).
+
+    python -m src.pipeline.train [--params params.yaml]
+
+An interrupted run (Ctrl+C, kill -9, reboot) continues from the newest checkpoint made by the same
+data, tokenizer, params and code. Set TT_TRAIN_FRESH=1 to set existing checkpoints aside and start over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+from src import paths
+from src.config import ModelConfig, TrainConfig, load_config
+from src.data.corpus import write_atomic
+from src.data.tokenizer import load_tokenizer
+from src.model.checkpoint import CheckpointError
+from src.pipeline.stage import ExitCode, PrerequisiteError, run_stage
+from src.training.trainer import TrainingDiverged, TrainingResult, train
+
+log = logging.getLogger(__name__)
+
+FRESH_ENV = "TT_TRAIN_FRESH"
+
+
+def run_train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, fresh: bool = False,
+              tokens_dir: Path = paths.TOKENS_DIR, tokenizer_file: Path = paths.TOKENIZER_MODEL,
+              checkpoint_dir: Path = paths.CHECKPOINT_DIR) -> TrainingResult:
+    for needed in (tokenizer_file, tokens_dir / "train.bin", tokens_dir / "validation.bin"):
+        if not needed.is_file():
+            raise PrerequisiteError(f"{needed} not found: run `dvc repro tokenize` first")
+    vocab_size = load_tokenizer(tokenizer_file).get_piece_size()
+    result = train(model_cfg, train_cfg, vocab_size=vocab_size, tokens_dir=tokens_dir,
+                   tokenizer_file=tokenizer_file, checkpoint_dir=checkpoint_dir, fresh=fresh)
+    write_outputs(result)
+    return result
+
+
+def write_outputs(result: TrainingResult) -> None:
+    """Best and final models beside the checkpoints, and the metrics DVC and the seed's tools read."""
+    write_atomic(paths.BEST_MODEL, result.best_checkpoint.read_bytes())
+    write_atomic(paths.FINAL_MODEL, result.last_checkpoint.read_bytes())
+    state = result.state
+    history = state.history
+    last = history[-1]
+    total_seconds = sum(h["seconds"] for h in history)
+    tokens_per_sec = sum(h["tokens_per_sec"] * h["seconds"] for h in history) / total_seconds
+    best = next(h for h in history if h["epoch"] == state.best_epoch)
+    summary = {
+        "epochs": state.epoch,
+        "final_train_loss": last["train_loss"],
+        "final_validation_loss": last["validation_loss"],
+        "best_validation_loss": state.best_validation_loss,
+        "best_epoch": state.best_epoch,
+        "best_validation_bits_per_byte": best["validation_bits_per_byte"],
+        "final_validation_bits_per_byte": last["validation_bits_per_byte"],
+        "total_training_time": total_seconds,
+        "tokens_per_sec": tokens_per_sec,
+        "parameters": result.parameters,
+    }
+    seed_shape = {"epoch_history": history, "final_metrics": summary}
+    write_json(paths.TRAINING_METRICS, seed_shape)
+    write_json(paths.TRAIN_METRICS, {k: round(v, 6) if isinstance(v, float) else v for k, v in summary.items()})
+    write_json(paths.TRAIN_PLOT, [{k: h[k] for k in ("epoch", "train_loss", "validation_loss", "learning_rate")}
+                                  for h in history])
+    log.info("done: %d epochs, best validation loss %.4f (epoch %d), final %.4f, %.0f s, %.0f tokens/s",
+             state.epoch, state.best_validation_loss, state.best_epoch, last["validation_loss"],
+             total_seconds, tokens_per_sec)
+
+
+def write_json(path: Path, value) -> None:
+    write_atomic(path, (json.dumps(value, indent=2) + "\n").encode())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml", type=Path)
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        cfg = load_config(args.params)
+        run_train(cfg.model, cfg.train, fresh=os.environ.get(FRESH_ENV) == "1")
+
+    run_stage("train", body, ExitCode.TRAINING, expected=(TrainingDiverged, CheckpointError))
+
+
+if __name__ == "__main__":
+    main()

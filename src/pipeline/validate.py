@@ -1,0 +1,130 @@
+"""Stage `validate`: samples in both languages, memory and latency budgets, quality checks (exit code 5).
+
+    python -m src.pipeline.validate [--params params.yaml]
+
+Each measurement runs `python -m src.cli.minimal_llm generate --json` in a fresh process, loading the
+best checkpoint exactly as a user would. The metrics are written before the stage fails on a budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from src import paths
+from src.config import ValidateConfig, load_config
+from src.data.corpus import write_atomic
+from src.pipeline.stage import ExitCode, PrerequisiteError, StageError, run_stage
+
+log = logging.getLogger(__name__)
+
+# A few of the most frequent function words of each language; "a", "no", "me" are left out (both use them).
+_STOPWORDS = {
+    "en": {"the", "and", "of", "to", "in", "that", "was", "he", "she", "it", "i", "you", "her", "his", "with",
+           "not", "had", "be", "as", "for", "is", "at", "my", "but", "said", "have", "on", "they", "were"},
+    "es": {"el", "la", "de", "que", "y", "en", "los", "se", "del", "las", "un", "por", "con", "una", "su",
+           "para", "es", "al", "lo", "como", "más", "pero", "sus", "le", "sin", "don", "yo", "mi", "dijo"},
+}
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def repetition_rate(text: str) -> float:
+    """Share of word 3-grams that repeat an earlier one: 0 for varied text, near 1 for a loop."""
+    words = _WORD.findall(text.lower())
+    trigrams = list(zip(words, words[1:], words[2:]))
+    return 1 - len(set(trigrams)) / len(trigrams) if trigrams else 0.0
+
+
+def detect_language(text: str) -> str | None:
+    """'en' or 'es' by function-word counts (plus Spanish-only letters); None when there is no evidence."""
+    words = _WORD.findall(text.lower())
+    scores = {lang: sum(w in stop for w in words) for lang, stop in _STOPWORDS.items()}
+    scores["es"] += sum(ch in "ñ¿¡áéíóú" for ch in text.lower())
+    if scores["en"] == scores["es"]:
+        return None
+    return max(scores, key=scores.get)
+
+
+def whitespace_share(text: str) -> float:
+    return sum(ch.isspace() for ch in text) / len(text) if text else 1.0
+
+
+def quality_check(text: str, unknown_share: float, language: str, cfg: ValidateConfig) -> dict:
+    """Is the sample real text in the prompt's language, not a loop, blank lines or byte soup?"""
+    checks = {
+        "repetition_rate": round(repetition_rate(text), 4),
+        "whitespace_share": round(whitespace_share(text), 4),
+        "unknown_share": unknown_share,
+        "language_ok": detect_language(text) == language,
+    }
+    checks["passed"] = (checks["repetition_rate"] <= cfg.max_repetition
+                        and checks["whitespace_share"] <= cfg.max_whitespace_share
+                        and unknown_share <= cfg.max_unknown_share and checks["language_ok"])
+    return checks
+
+
+def measure(prompt: str, cfg: ValidateConfig, model: Path, tokenizer: Path) -> dict:
+    """One generation in a fresh process through the user's CLI; returns its JSON answer."""
+    command = [sys.executable, "-m", "src.cli.minimal_llm", "generate", "--json", "--prompt", prompt,
+               "--max_tokens", str(cfg.sample_tokens), "--temperature", str(cfg.temperature),
+               "--top_k", str(cfg.top_k), "--seed", str(cfg.seed), "--warmup_tokens", str(cfg.warmup_tokens),
+               "--ignore_eos", "--model", str(model), "--tokenizer", str(tokenizer)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise StageError(f"generation failed (exit {done.returncode}): {done.stderr.strip()}")
+    return json.loads(done.stdout)
+
+
+def validate(cfg: ValidateConfig, *, model: Path = paths.BEST_MODEL, tokenizer: Path = paths.TOKENIZER_MODEL,
+             samples_file: Path = paths.SAMPLES, metrics_file: Path = paths.VALIDATE_METRICS) -> dict:
+    for needed, stage in ((model, "train"), (tokenizer, "tokenize")):
+        if not needed.is_file():
+            raise PrerequisiteError(f"{needed} not found: run `dvc repro {stage}` first")
+    runs = {"en": measure(cfg.prompt_en, cfg, model, tokenizer), "es": measure(cfg.prompt_es, cfg, model, tokenizer)}
+
+    quality = {language: quality_check(run["text"], run["metrics"]["unknown_share"], language, cfg)
+               for language, run in runs.items()}
+    worst = {key: max(run["metrics"][key] for run in runs.values())
+             for key in ("rss_mb", "peak_mb", "latency_p95_ms", "latency_p50_ms", "time_to_first_token_ms")}
+    budgets = {
+        name: {"value": worst[name], "limit": limit, "passed": worst[name] <= limit}
+        for name, limit in (("rss_mb", cfg.budgets.rss_mb), ("peak_mb", cfg.budgets.peak_mb),
+                            ("latency_p95_ms", cfg.budgets.latency_p95_ms))
+    }
+    metrics = {
+        **worst,
+        "tokens_per_sec": min(run["metrics"]["tokens_per_sec"] for run in runs.values()),
+        "best_validation_loss": runs["en"]["best_validation_loss"],
+        "budgets": budgets,
+        "quality": quality,
+        "passed": all(b["passed"] for b in budgets.values()) and all(q["passed"] for q in quality.values()),
+    }
+    samples = {language: {"prompt": run["prompt"], "text": run["text"], "detected_language": detect_language(run["text"])}
+               for language, run in runs.items()}
+    write_atomic(samples_file, (json.dumps(samples, indent=2, ensure_ascii=False) + "\n").encode())
+    write_atomic(metrics_file, (json.dumps(metrics, indent=2) + "\n").encode())
+    for language, sample in samples.items():
+        log.info("[%s] %s%s", language, sample["prompt"], sample["text"].replace("\n", " ")[:200])
+    log.info("rss %.1f MB, peak %.1f MB, p95 %.3f ms/token, %.0f tokens/s", worst["rss_mb"], worst["peak_mb"],
+             worst["latency_p95_ms"], metrics["tokens_per_sec"])
+    failures = [f"{name} {b['value']:g} > {b['limit']:g}" for name, b in budgets.items() if not b["passed"]]
+    failures += [f"{lang} sample failed the quality check {q}" for lang, q in quality.items() if not q["passed"]]
+    if failures:
+        raise StageError("; ".join(failures) + f" (metrics written to {metrics_file})")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml", type=Path)
+    args = parser.parse_args(argv)
+    run_stage("validate", lambda: validate(load_config(args.params).validate), ExitCode.VALIDATION)
+
+
+if __name__ == "__main__":
+    main()
