@@ -22,7 +22,7 @@ def test_dvc_repro_builds_the_data_stages_and_reruns_only_what_changed(project_r
     assert "Stage 'download' didn't change, skipping" in again.stdout
     assert "Stage 'tokenize' didn't change, skipping" in again.stdout
     assert len(book_server.requests) == requests
-    assert "up to date" in project_repo.dvc("status").stdout
+    assert "up to date" in project_repo.dvc("status", "tokenize").stdout
 
     project_repo.set_params({"vocab_size": 1200})
     changed = project_repo.dvc("repro", "download", "tokenize")
@@ -30,4 +30,4 @@ def test_dvc_repro_builds_the_data_stages_and_reruns_only_what_changed(project_r
     assert "Running stage 'tokenize'" in changed.stdout
     assert json.loads((repo / "metrics/tokenizer.json").read_text())["vocab_size"] == 1200
     assert len(book_server.requests) == requests  # the books were not fetched again
-    assert "up to date" in project_repo.dvc("status").stdout
+    assert "up to date" in project_repo.dvc("status", "tokenize").stdout
