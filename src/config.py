@@ -95,6 +95,8 @@ class TrainConfig:
     checkpoint_every: int = _key("train.checkpoint_every")
     # bf16 autocast runs the matrix products in bfloat16 (weights and optimizer stay fp32).
     precision: str = _key("train.precision")
+    # torch.compile the training step's forward and loss: slower to start, faster per step.
+    compile: bool = _key("train.compile")
     # An epoch-2+ validation loss above this means training is not learning (see the README).
     plateau_loss: float = _key("train.plateau_loss")
 
@@ -173,6 +175,13 @@ def _choice(raw: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ConfigError(
             f"params.yaml: '{key}' = {value!r} is not allowed: must be one of {', '.join(choices)}")
+    return value
+
+
+def _flag(raw: Mapping[str, Any], key: str) -> bool:
+    value = _lookup(raw, key)
+    if not isinstance(value, bool):
+        raise ConfigError(f"params.yaml: '{key}' = {value!r} is not valid: must be true or false")
     return value
 
 
@@ -267,6 +276,7 @@ _SECTION_BUILDERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
         eval_batch_size=_number(raw, "train.eval_batch_size", int, 1, 4096),
         checkpoint_every=_number(raw, "train.checkpoint_every", int, 1, 10_000),
         precision=_choice(raw, "train.precision", ("bf16", "fp32")),
+        compile=_flag(raw, "train.compile"),
         plateau_loss=_number(raw, "train.plateau_loss", float, 0, 100, lo_open=True),
     ),
     "validate": lambda raw: ValidateConfig(

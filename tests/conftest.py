@@ -127,7 +127,7 @@ def run_module(module: str, cwd: Path, *args: str, env: dict | None = None,
                           capture_output=True, text=True, timeout=timeout)
 
 
-PROJECT_FILES = ("src", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
+PROJECT_FILES = ("src", "scripts", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
                  "requirements.txt", "pyproject.toml")
 
 
@@ -180,3 +180,32 @@ def project_repo(tmp_path: Path):
             write_params(repo, overrides)
 
     return Repo
+
+
+# A model small enough to train in seconds on the real corpus: the whole pipeline, scaled down.
+TINY_PARAMS = {
+    "vocab_size": 1000, "epochs": 2, "batch_size": 64, "learning_rate": 0.003, "max_seq_length": 32,
+    "model.n_layers": 2, "model.n_heads": 2, "model.d_model": 32, "model.d_ff": 64, "model.dropout": 0.0,
+    "train.warmup_steps": 20, "train.compile": False, "train.checkpoint_every": 1, "train.eval_batch_size": 256,
+    "validate.sample_tokens": 24, "validate.warmup_tokens": 4,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory, shared_corpus) -> Path:
+    """A directory where download, tokenize and train have run with TINY_PARAMS (copy before changing it)."""
+    workdir = tmp_path_factory.mktemp("tiny_pipeline")
+    write_params(workdir, TINY_PARAMS)
+    env = {"TT_CORPUS_MIRROR": str(shared_corpus)}
+    for stage in ("download", "tokenize", "train"):
+        done = run_module(f"src.pipeline.{stage}", workdir, env=env)
+        assert done.returncode == 0, f"{stage} failed:\n{done.stderr}"
+    return workdir
+
+
+@pytest.fixture
+def tiny_copy(tiny_pipeline: Path, tmp_path: Path) -> Path:
+    """A private copy of ``tiny_pipeline`` that a test may change."""
+    target = tmp_path / "tiny"
+    shutil.copytree(tiny_pipeline, target)
+    return target

@@ -40,6 +40,9 @@ def test_project_params_load_with_the_seed_defaults():
     ("tokenizer.model_type", "wordpiece", "'tokenizer.model_type' = 'wordpiece' is not allowed: must be one of unigram, bpe"),
     ("tokenizer.character_coverage", 1.5, "'tokenizer.character_coverage' = 1.5 is out of range"),
     ("corpus.timeout_s", float("nan"), "'corpus.timeout_s' = nan is not valid"),
+    ("train.compile", "yes", "'train.compile' = 'yes' is not valid: must be true or false"),
+    ("train.precision", "fp16", "'train.precision' = 'fp16' is not allowed: must be one of bf16, fp32"),
+    ("model.dropout", 0.95, "'model.dropout' = 0.95 is out of range: must be a number in [0, 0.9]"),
 ])
 def test_bad_values_name_the_key_the_value_and_the_range(key, value, expected):
     with pytest.raises(ConfigError) as err:

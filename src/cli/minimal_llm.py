@@ -49,7 +49,7 @@ def memory_mb() -> tuple[float, float]:
     """(resident set size now, peak resident set size) of this process, in MB."""
     rss = psutil.Process().memory_info().rss / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports kB
-    return rss, peak
+    return rss, max(peak, rss)  # the kernel updates ru_maxrss lazily: it can trail the current RSS
 
 
 def check_arguments(args: argparse.Namespace) -> None:

@@ -15,7 +15,7 @@ from src.config import SplitConfig, TokenizerConfig, load_config
 from src.data.corpus import part_text, read_index, split_books, write_atomic
 from src.data.dataset import encode_split, write_token_dataset
 from src.data.tokenizer import TokenizerError, held_out_metrics, train_tokenizer
-from src.pipeline.stage import ExitCode, PrerequisiteError, run_stage
+from src.pipeline.stage import ExitCode, PrerequisiteError, StageError, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +27,15 @@ def tokenize(split_cfg: SplitConfig, cfg: TokenizerConfig, *, corpus_file: Path 
         if not needed.is_file():
             raise PrerequisiteError(f"{needed} not found: run `dvc repro download` first")
     corpus = corpus_file.read_bytes()
-    splits = split_books(corpus, read_index(index_file), split_cfg.holdout_fraction)
-    lines = [line for s in splits for line in part_text(corpus, s.train).split("\n") if line.strip()]
-    held_out: dict[str, str] = {}
-    for s in splits:
-        held_out[s.language] = held_out.get(s.language, "") + part_text(corpus, s.validation)
+    try:
+        splits = split_books(corpus, read_index(index_file), split_cfg.holdout_fraction)
+        lines = [line for s in splits for line in part_text(corpus, s.train).split("\n") if line.strip()]
+        held_out: dict[str, str] = {}
+        for s in splits:
+            held_out[s.language] = held_out.get(s.language, "") + part_text(corpus, s.validation)
+    except (ValueError, KeyError, TypeError) as exc:  # JSON and UTF-8 decoding errors are ValueErrors
+        raise StageError(f"{corpus_file} and {index_file} do not fit together ({type(exc).__name__}: {exc}); "
+                         f"rebuild them with `dvc repro --force download`") from None
 
     processor = train_tokenizer(lines, cfg, model_file, vocab_file)
     write_token_dataset(tokens_dir, {part: encode_split(processor, corpus, splits, part)

@@ -165,6 +165,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
         })
 
     model.train()
+    loss_of = torch.compile(model.loss) if train_cfg.compile else model.loss
     while state.epoch < train_cfg.epochs:
         epoch = state.epoch + 1
         generator = torch.Generator().manual_seed(train_cfg.seed * 1_000_003 + epoch)
@@ -174,7 +175,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
                    desc=f"epoch {epoch}/{train_cfg.epochs}", unit="step", disable=None, leave=False)
         for batch, (inputs, targets) in enumerate(bar, start=1):
             with precision_context(precision):
-                loss = model.loss(inputs, targets)
+                loss = loss_of(inputs, targets)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise TrainingDiverged(

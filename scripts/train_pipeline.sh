@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# One command for the whole pipeline. It drives DVC (`dvc repro`, or `dvc exp run -S ...` when a
+# parameter is overridden), so every run is cached and recorded like any other DVC run.
+set -uo pipefail
+
+readonly EXIT_OK=0 EXIT_PREREQUISITES=1 EXIT_CORPUS=2 EXIT_TOKENIZER=3 EXIT_TRAINING=4 EXIT_VALIDATION=5
+
+usage() {
+  cat <<'EOF'
+Usage: ./scripts/train_pipeline.sh [options]
+
+Runs download -> tokenize -> train -> validate through DVC and prints a summary.
+
+Options:
+  --corpus-url URL|DIR    take the books from this mirror (sets TT_CORPUS_MIRROR)
+  --vocab-size N          tokenizer vocabulary size           (params: vocab_size)
+  --epochs N              training epochs                     (params: epochs)
+  --batch-size N          sequences per optimizer step        (params: batch_size)
+  --learning-rate X       peak learning rate                  (params: learning_rate)
+  --max-seq-length N      context length in tokens            (params: max_seq_length)
+  --resume                continue an interrupted training run from its newest checkpoint
+                          (without it, existing checkpoints are set aside and training starts over)
+  --skip-corpus           keep the existing corpus; start from the tokenize stage
+  --skip-tokenizer        keep the existing corpus and tokenizer; start from the train stage
+  --output-dir DIR        copy the models, tokenizer and metrics here at the end
+  -h, --help              show this help
+
+With a parameter option the run is a DVC experiment (`dvc exp run -S key=value`): the workspace
+keeps the new values, and `dvc exp show` lists it.
+
+Exit codes: 0 ok, 1 prerequisites (tools, inputs, bad values), 2 corpus, 3 tokenizer, 4 training,
+5 validation.
+EOF
+}
+
+fail() { echo "error: $2" >&2; exit "$1"; }
+
+cd "$(dirname "$0")/.." || exit "$EXIT_PREREQUISITES"
+[ -x .venv/bin/python ] && PATH="$PWD/.venv/bin:$PATH"
+export DVC_NO_ANALYTICS="${DVC_NO_ANALYTICS:-1}"
+
+overrides=() start_stage="" resume=0 output_dir=""
+need_value() { [ $# -ge 2 ] && [ -n "$2" ] || fail "$EXIT_PREREQUISITES" "$1 needs a value (see --help)"; }
+integer() { [[ "$2" =~ ^[0-9]+$ ]] || fail "$EXIT_PREREQUISITES" "$1 expects a whole number, got '$2'"; }
+number() { [[ "$2" =~ ^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$ ]] || fail "$EXIT_PREREQUISITES" "$1 expects a number, got '$2'"; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -h|--help) usage; exit "$EXIT_OK" ;;
+    --corpus-url) need_value "$@"; export TT_CORPUS_MIRROR="$2"; shift ;;
+    --vocab-size) need_value "$@"; integer "$1" "$2"; overrides+=("vocab_size=$2"); shift ;;
+    --epochs) need_value "$@"; integer "$1" "$2"; overrides+=("epochs=$2"); shift ;;
+    --batch-size) need_value "$@"; integer "$1" "$2"; overrides+=("batch_size=$2"); shift ;;
+    --learning-rate) need_value "$@"; number "$1" "$2"; overrides+=("learning_rate=$2"); shift ;;
+    --max-seq-length) need_value "$@"; integer "$1" "$2"; overrides+=("max_seq_length=$2"); shift ;;
+    --resume) resume=1 ;;
+    --skip-corpus) [ "$start_stage" = train ] || start_stage=tokenize ;;
+    --skip-tokenizer) start_stage=train ;;
+    --output-dir) need_value "$@"; output_dir="$2"; shift ;;
+    *) usage >&2; fail "$EXIT_PREREQUISITES" "unknown option '$1'" ;;
+  esac
+  shift
+done
+
+# --- Prerequisites --------------------------------------------------------------------------
+command -v python >/dev/null || fail "$EXIT_PREREQUISITES" "python not found: run 'make setup' first"
+command -v dvc >/dev/null || fail "$EXIT_PREREQUISITES" "dvc not found: run 'make setup' first"
+git rev-parse --git-dir >/dev/null 2>&1 || fail "$EXIT_PREREQUISITES" "not inside a git repository (DVC needs one)"
+[ -f params.yaml ] && [ -f dvc.yaml ] || fail "$EXIT_PREREQUISITES" "params.yaml or dvc.yaml missing in $PWD"
+if [ -n "$start_stage" ]; then
+  required=(data/corpus_bilingual.txt data/corpus_index.json)
+  [ "$start_stage" = train ] && required+=(data/tokenizer.model data/tokens/train.bin data/tokens/validation.bin)
+  for file in "${required[@]}"; do
+    [ -f "$file" ] || fail "$EXIT_PREREQUISITES" "$file is missing, so it cannot be skipped: run without --skip-* first"
+  done
+fi
+
+# --- Run ------------------------------------------------------------------------------------
+phase_of() {
+  case "$1" in
+    download) echo "Phase 1/4: Corpus" ;; tokenize) echo "Phase 2/4: Tokenizer" ;;
+    train) echo "Phase 3/4: Training" ;; validate) echo "Phase 4/4: Validation" ;; *) echo "$1" ;;
+  esac
+}
+code_of() {
+  case "$1" in
+    download) echo "$EXIT_CORPUS" ;; tokenize) echo "$EXIT_TOKENIZER" ;;
+    train) echo "$EXIT_TRAINING" ;; validate) echo "$EXIT_VALIDATION" ;; *) echo "$EXIT_PREREQUISITES" ;;
+  esac
+}
+
+if [ ${#overrides[@]} -gt 0 ]; then
+  command=(dvc exp run)
+  for kv in "${overrides[@]}"; do command+=(-S "$kv"); done
+else
+  command=(dvc repro)
+fi
+[ -n "$start_stage" ] && command+=(--downstream "$start_stage")
+if [ "$resume" -eq 1 ]; then unset TT_TRAIN_FRESH; else export TT_TRAIN_FRESH=1; fi
+
+log=$(mktemp "${TMPDIR:-/tmp}/train_pipeline.XXXXXX")
+trap 'rm -f "$log"' EXIT
+echo "==> ${command[*]}"
+started=$SECONDS
+"${command[@]}" 2>&1 | tee "$log" | while IFS= read -r line; do
+  if [[ "$line" =~ ^Running\ stage\ \'([a-z]+)\' ]]; then
+    echo "==> $(phase_of "${BASH_REMATCH[1]}") (stage '${BASH_REMATCH[1]}')"
+  elif [[ "$line" =~ ^Stage\ \'([a-z]+)\'\ (didn\'t\ change|is\ cached) ]]; then
+    echo "==> $(phase_of "${BASH_REMATCH[1]}"): up to date, nothing to do"
+  fi
+  echo "$line"
+done
+status=${PIPESTATUS[0]}
+
+if [ "$status" -ne 0 ]; then
+  failed=$(sed -n "s/.*failed to reproduce '\([a-z]*\)'.*/\1/p" "$log" | head -n 1)
+  stage_code=$(sed -n "s/.*failed to reproduce '[a-z]*'.*exited with \([0-9]*\).*/\1/p" "$log" | head -n 1)
+  if [[ "$stage_code" =~ ^[1-5]$ ]]; then code=$stage_code; else code=$(code_of "$failed"); fi
+  echo "==> FAILED in $(phase_of "${failed:-dvc}") after $((SECONDS - started)) s (exit $code)" >&2
+  exit "$code"
+fi
+
+# --- Summary --------------------------------------------------------------------------------
+if [ -n "$output_dir" ]; then
+  mkdir -p "$output_dir" || fail "$EXIT_PREREQUISITES" "cannot create $output_dir"
+  cp data/best_model.pt data/final_model.pt data/tokenizer.model data/tokenizer.vocab metrics/*.json "$output_dir"/ \
+    || fail "$EXIT_PREREQUISITES" "copying the artifacts to $output_dir failed"
+fi
+python - "$((SECONDS - started))" "${output_dir:-data}" <<'EOF'
+import json, sys
+from pathlib import Path
+seconds, artifacts = sys.argv[1], sys.argv[2]
+train = json.loads(Path("metrics/train.json").read_text())
+validate = json.loads(Path("metrics/validate.json").read_text())
+print("==> Summary")
+print(f"  epochs {train['epochs']}, final train loss {train['final_train_loss']:.4f}, "
+      f"final validation loss {train['final_validation_loss']:.4f}, best {train['best_validation_loss']:.4f} "
+      f"(epoch {train['best_epoch']}), {train['best_validation_bits_per_byte']:.3f} bits/byte")
+print(f"  training time {train['total_training_time']:.0f} s ({train['tokens_per_sec']:.0f} tokens/s); "
+      f"this run {seconds} s")
+for name, budget in validate["budgets"].items():
+    print(f"  budget {name}: {budget['value']:g} <= {budget['limit']:g} {'ok' if budget['passed'] else 'FAILED'}")
+print(f"  artifacts: {artifacts}/best_model.pt, {artifacts}/final_model.pt, {artifacts}/tokenizer.model")
+EOF
+exit "$EXIT_OK"

@@ -1,0 +1,89 @@
+"""TinyTransformer: shapes, the causal mask, the KV cache, weight tying and initialisation."""
+
+import math
+
+import pytest
+import torch
+
+from src.config import load_config
+from src.model.transformer import INIT_STD, KVCache, ModelShape, TinyTransformer
+from tests.conftest import REPO_ROOT
+
+SHAPE = ModelShape(vocab_size=97, n_layers=2, n_heads=4, d_model=32, d_ff=64, dropout=0.0, context_length=24)
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return TinyTransformer(SHAPE).eval()
+
+
+def test_shapes(model):
+    tokens = torch.randint(0, SHAPE.vocab_size, (3, 10))
+    assert model.hidden(tokens).shape == (3, 10, SHAPE.d_model)
+    assert model(tokens).shape == (3, 10, SHAPE.vocab_size)
+    assert model.loss(tokens, tokens).shape == ()
+
+
+def test_a_later_token_never_changes_an_earlier_output(model):
+    tokens = torch.randint(0, SHAPE.vocab_size, (2, 16))
+    before = model(tokens)
+    for t in range(15):
+        changed = tokens.clone()
+        changed[:, t + 1:] = (changed[:, t + 1:] + 1) % SHAPE.vocab_size
+        after = model(changed)
+        torch.testing.assert_close(after[:, :t + 1], before[:, :t + 1], rtol=0, atol=1e-6)
+        assert not torch.allclose(after[:, t + 1], before[:, t + 1])
+
+
+def test_kv_cache_gives_the_full_forward_pass(model):
+    tokens = torch.randint(0, SHAPE.vocab_size, (2, 20))
+    full = model(tokens)
+    cache = KVCache(SHAPE, batch_size=2, dtype=torch.float32, device=torch.device("cpu"))
+    steps = [model(tokens[:, :7], cache)]  # a prompt, then one token at a time
+    steps += [model(tokens[:, t:t + 1], cache) for t in range(7, 20)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+    assert cache.length == 20
+
+
+def test_the_context_length_is_enforced(model):
+    with pytest.raises(ValueError, match="exceed the context of 24"):
+        model(torch.zeros(1, 25, dtype=torch.long))
+    cache = KVCache(SHAPE, 1, torch.float32, torch.device("cpu"))
+    model(torch.zeros(1, 20, dtype=torch.long), cache)
+    with pytest.raises(ValueError):
+        model(torch.zeros(1, 5, dtype=torch.long), cache)
+
+
+def test_the_output_head_is_the_embedding(model):
+    assert model.head.weight is model.embed.weight
+    assert model.num_parameters() == sum(p.numel() for p in set(model.parameters()))
+
+
+def test_initialisation_scales_the_residual_projections():
+    torch.manual_seed(0)
+    shape = ModelShape(vocab_size=2000, n_layers=8, n_heads=4, d_model=256, d_ff=1024, dropout=0.0,
+                       context_length=16)
+    model = TinyTransformer(shape)
+    assert model.embed.weight.std().item() == pytest.approx(INIT_STD, rel=0.05)
+    assert model.blocks[0].attn.qkv.weight.std().item() == pytest.approx(INIT_STD, rel=0.05)
+    residual = INIT_STD / math.sqrt(2 * shape.n_layers)
+    assert model.blocks[0].attn.out.weight.std().item() == pytest.approx(residual, rel=0.05)
+    assert model.blocks[0].mlp.down.weight.std().item() == pytest.approx(residual, rel=0.05)
+    assert torch.count_nonzero(model.blocks[0].mlp.up.bias) == 0
+
+
+def test_the_default_model_has_about_1_8_million_parameters():
+    cfg = load_config(REPO_ROOT / "params.yaml")
+    model = TinyTransformer(ModelShape.from_config(cfg.model, cfg.tokenizer.vocab_size))
+    assert 1.7e6 < model.num_parameters() < 1.9e6
+
+
+def test_dropout_is_active_only_in_training():
+    torch.manual_seed(0)
+    model = TinyTransformer(ModelShape(**{**SHAPE.__dict__, "dropout": 0.5}))
+    tokens = torch.randint(0, SHAPE.vocab_size, (1, 8))
+    model.train()
+    assert not torch.equal(model(tokens), model(tokens))
+    model.eval()
+    assert torch.equal(model(tokens), model(tokens))

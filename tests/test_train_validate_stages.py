@@ -1,0 +1,91 @@
+"""The train and validate stages as DVC runs them, with their outputs and exit codes."""
+
+import json
+
+import pytest
+import torch
+
+from src import paths
+from src.pipeline.validate import detect_language, repetition_rate, whitespace_share
+from tests.conftest import TINY_PARAMS, run_module, write_params
+
+
+def test_train_writes_the_models_and_metrics(tiny_pipeline):
+    train = json.loads((tiny_pipeline / paths.TRAIN_METRICS).read_text())
+    assert train["epochs"] == TINY_PARAMS["epochs"]
+    assert train["best_validation_loss"] <= train["final_validation_loss"] < 7
+    for key in ("final_train_loss", "best_validation_bits_per_byte", "total_training_time", "tokens_per_sec"):
+        assert train[key] > 0, key
+    seed_shape = json.loads((tiny_pipeline / paths.TRAINING_METRICS).read_text())
+    assert len(seed_shape["epoch_history"]) == TINY_PARAMS["epochs"]
+    assert {"train_loss", "validation_loss"} <= set(seed_shape["epoch_history"][0])
+    assert "total_training_time" in seed_shape["final_metrics"]
+    plot = json.loads((tiny_pipeline / paths.TRAIN_PLOT).read_text())
+    assert [row["epoch"] for row in plot] == [1, 2] and {"train_loss", "validation_loss", "learning_rate"} <= set(plot[0])
+    best = torch.load(tiny_pipeline / paths.BEST_MODEL, weights_only=True)
+    assert best["training_state"]["best_validation_loss"] == pytest.approx(train["best_validation_loss"], abs=1e-6)
+    assert (tiny_pipeline / paths.FINAL_MODEL).is_file()
+    assert {p.name for p in (tiny_pipeline / paths.CHECKPOINT_DIR).glob("*.pt")} == {
+        "best.pt", "last.pt", "epoch_0001.pt", "epoch_0002.pt"}
+
+
+def test_train_without_tokens_exits_1(tmp_path):
+    write_params(tmp_path, TINY_PARAMS)
+    done = run_module("src.pipeline.train", tmp_path)
+    assert done.returncode == 1 and "run `dvc repro tokenize` first" in done.stderr
+
+
+def test_a_nan_loss_exits_4_and_keeps_the_last_good_checkpoint(tiny_copy):
+    checkpoints = tiny_copy / paths.CHECKPOINT_DIR
+    for name in ("epoch_0002.pt", "last.pt", "best.pt"):
+        (checkpoints / name).unlink()
+    state = torch.load(checkpoints / "epoch_0001.pt", weights_only=True)
+    state["model"]["blocks.0.mlp.up.weight"].fill_(float("inf"))
+    torch.save(state, checkpoints / "epoch_0001.pt")
+    before = (checkpoints / "epoch_0001.pt").read_bytes()
+    done = run_module("src.pipeline.train", tiny_copy)
+    assert done.returncode == 4, done.stderr
+    assert "loss became" in done.stderr and "at epoch 2, step 1 " in done.stderr and "lower learning_rate" in done.stderr
+    assert (checkpoints / "epoch_0001.pt").read_bytes() == before
+
+
+def test_validate_passes_and_writes_samples_and_metrics(tiny_copy):
+    done = run_module("src.pipeline.validate", tiny_copy)
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((tiny_copy / paths.VALIDATE_METRICS).read_text())
+    assert metrics["passed"] is True
+    assert set(metrics["budgets"]) == {"rss_mb", "peak_mb", "latency_p95_ms"}
+    assert metrics["budgets"]["rss_mb"]["limit"] == 400 and metrics["budgets"]["rss_mb"]["passed"] is True
+    for key in ("rss_mb", "peak_mb", "latency_p95_ms", "latency_p50_ms", "time_to_first_token_ms", "tokens_per_sec"):
+        assert metrics[key] > 0, key
+    samples = json.loads((tiny_copy / paths.SAMPLES).read_text())
+    assert samples["en"]["prompt"] == "It is a truth universally acknowledged" and samples["en"]["text"]
+    assert samples["es"]["detected_language"] == "es"
+
+
+def test_validate_exits_5_over_budget_after_writing_the_metrics(tiny_copy):
+    write_params(tiny_copy, {"validate.budgets.rss_mb": 5, "validate.budgets.latency_p95_ms": 0.000001})
+    done = run_module("src.pipeline.validate", tiny_copy)
+    assert done.returncode == 5
+    assert "rss_mb" in done.stderr and "latency_p95_ms" in done.stderr
+    metrics = json.loads((tiny_copy / paths.VALIDATE_METRICS).read_text())
+    assert metrics["passed"] is False and metrics["budgets"]["rss_mb"]["passed"] is False
+    assert metrics["budgets"]["peak_mb"]["passed"] is True
+
+
+def test_validate_without_a_model_exits_1(tmp_path):
+    write_params(tmp_path, TINY_PARAMS)
+    done = run_module("src.pipeline.validate", tmp_path)
+    assert done.returncode == 1 and "run `dvc repro train` first" in done.stderr
+
+
+def test_language_detection():
+    assert detect_language("It was the best of times, and she said that he had gone to the house") == "en"
+    assert detect_language("Dijo don Quijote que la señora no estaba en el lugar de los molinos") == "es"
+    assert detect_language("12 34 —") is None
+
+
+def test_repetition_and_whitespace():
+    assert repetition_rate("one two three four five six") == 0
+    assert repetition_rate("a b c " * 20) > 0.9
+    assert whitespace_share("a \n\n\n") == 0.8 and whitespace_share("") == 1.0

@@ -1,0 +1,175 @@
+"""The training loop, checkpoints and resume, on a small synthetic token dataset."""
+
+import argparse
+import dataclasses
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from src.config import ModelConfig, TrainConfig
+from src.data.dataset import SplitStats, TokenSplit, write_token_dataset
+from src.model.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from src.model.transformer import ModelShape, TinyTransformer
+from src.training.trainer import TrainingDiverged, evaluate, train
+
+VOCAB = 40
+MODEL = ModelConfig(n_layers=1, n_heads=2, d_model=16, d_ff=32, dropout=0.1, context_length=16)
+TRAIN = TrainConfig(epochs=3, batch_size=16, learning_rate=0.01, max_seq_length=16, seed=3, weight_decay=0.1,
+                    warmup_steps=5, min_lr_ratio=0.1, grad_clip=1.0, eval_batch_size=32, checkpoint_every=1,
+                    precision="fp32", compile=False, plateau_loss=7.0)
+
+
+@pytest.fixture
+def data(tmp_path):
+    """A learnable sequence (a cycle with some noise) as train and validation splits."""
+    rng = np.random.default_rng(0)
+
+    def ids(n):
+        cycle = np.arange(n) % 23 + 4
+        noise = rng.integers(4, VOCAB, n)
+        return np.where(rng.random(n) < 0.1, noise, cycle).astype(np.uint16)
+
+    tokens = tmp_path / "tokens"
+    train_ids, validation_ids = ids(6000), ids(700)
+    write_token_dataset(tokens, {"train": (train_ids, SplitStats(len(train_ids), 3 * len(train_ids))),
+                                 "validation": (validation_ids, SplitStats(len(validation_ids), 2100))})
+    tokenizer = tmp_path / "tokenizer.model"
+    tokenizer.write_bytes(b"stands in for the tokenizer: only its bytes are fingerprinted")
+    return tokens, tokenizer
+
+
+def run(data, checkpoints, train_cfg=TRAIN, **kwargs):
+    tokens, tokenizer = data
+    return train(MODEL, train_cfg, vocab_size=VOCAB, tokens_dir=tokens, tokenizer_file=tokenizer,
+                 checkpoint_dir=checkpoints, **kwargs)
+
+
+def test_training_learns_and_writes_every_checkpoint(data, tmp_path):
+    result = run(data, tmp_path / "ckpt")
+    history = result.state.history
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["validation_loss"] < history[0]["validation_loss"] < np.log(VOCAB)
+    assert {p.name for p in (tmp_path / "ckpt").glob("*.pt")} == {
+        "best.pt", "last.pt", "epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt"}
+    assert not list((tmp_path / "ckpt").glob(".*part"))
+    best = load_checkpoint(result.best_checkpoint)
+    assert best["epoch"] == result.state.best_epoch
+    assert best["training_state"]["best_validation_loss"] == min(h["validation_loss"] for h in history)
+
+
+def test_a_run_is_reproducible(data, tmp_path):
+    first = run(data, tmp_path / "a").state.history
+    second = run(data, tmp_path / "b").state.history
+    assert [h["validation_loss"] for h in first] == [h["validation_loss"] for h in second]
+
+
+def test_resuming_from_any_checkpoint_ends_where_an_uninterrupted_run_ends(data, tmp_path):
+    uninterrupted = run(data, tmp_path / "full")
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    (resumed_dir / "epoch_0001.pt").write_bytes((tmp_path / "full" / "epoch_0001.pt").read_bytes())
+    resumed = run(data, resumed_dir)
+    assert resumed.resumed_from_epoch == 1
+    assert resumed.state.history == [
+        {**h, "seconds": r["seconds"], "tokens_per_sec": r["tokens_per_sec"]}
+        for h, r in zip(uninterrupted.state.history, resumed.state.history)]
+    a, b = load_checkpoint(uninterrupted.last_checkpoint), load_checkpoint(resumed.last_checkpoint)
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_a_checkpoint_of_another_recipe_is_set_aside_not_resumed(data, tmp_path, caplog):
+    checkpoints = tmp_path / "ckpt"
+    run(data, checkpoints, dataclasses.replace(TRAIN, epochs=1))
+    changed = dataclasses.replace(TRAIN, epochs=1, learning_rate=0.02)
+    with caplog.at_level(logging.WARNING):
+        result = run(data, checkpoints, changed)
+    assert result.resumed_from_epoch == 0
+    assert "made with different params" in caplog.text and "training starts fresh" in caplog.text
+    assert (checkpoints / "set_aside" / "last.pt").is_file()  # kept, never deleted
+
+
+def test_bookkeeping_params_do_not_change_the_recipe(data, tmp_path):
+    checkpoints = tmp_path / "ckpt"
+    run(data, checkpoints, dataclasses.replace(TRAIN, epochs=1))
+    result = run(data, checkpoints, dataclasses.replace(TRAIN, epochs=1, checkpoint_every=5, plateau_loss=3.0))
+    assert result.resumed_from_epoch == 1 and len(result.state.history) == 1
+
+
+def test_an_unreadable_checkpoint_is_set_aside(data, tmp_path):
+    checkpoints = tmp_path / "ckpt"
+    checkpoints.mkdir()
+    (checkpoints / "last.pt").write_bytes(b"half a checkpoint")
+    result = run(data, checkpoints, dataclasses.replace(TRAIN, epochs=1))
+    assert result.resumed_from_epoch == 0
+    assert (checkpoints / "set_aside" / "last.pt").read_bytes() == b"half a checkpoint"
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    checkpoints = tmp_path / "ckpt"
+    two_epochs = dataclasses.replace(TRAIN, epochs=2)
+    run(data, checkpoints, two_epochs)
+    for name in ("epoch_0002.pt", "last.pt", "best.pt"):
+        (checkpoints / name).unlink()
+    # The epoch-1 checkpoint's weights went bad: resuming from it makes the loss NaN on the first step.
+    poisoned = load_checkpoint(checkpoints / "epoch_0001.pt")
+    poisoned["model"]["embed.weight"][5] = float("nan")
+    save_checkpoint(checkpoints / "epoch_0001.pt", {k: v for k, v in poisoned.items() if k != "format"})
+    before = (checkpoints / "epoch_0001.pt").read_bytes()
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 1 .*lower learning_rate"):
+        run(data, checkpoints, two_epochs)
+    assert (checkpoints / "epoch_0001.pt").read_bytes() == before
+    assert sorted(p.name for p in checkpoints.glob("*.pt")) == ["epoch_0001.pt"]
+
+
+def test_checkpoints_round_trip_through_the_safe_loader(data, tmp_path):
+    result = run(data, tmp_path / "ckpt", dataclasses.replace(TRAIN, epochs=1))
+    model, meta = load_model(result.best_checkpoint)
+    assert not model.training and meta["epoch"] == 1 and set(meta["fingerprint"]) == {"data", "tokenizer",
+                                                                                          "params", "code"}
+    tokens = torch.randint(0, VOCAB, (2, 8))
+    again, _ = load_model(result.best_checkpoint)
+    assert torch.equal(model(tokens), again(tokens))
+
+
+def test_the_loader_refuses_what_is_not_plain_data(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": 1, "payload": argparse.Namespace(code="would run on load")}, path)
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"epoch": 1})
+    with pytest.raises(Exception):
+        save_checkpoint(path, {"epoch": 2, "cannot be pickled": lambda: None})
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_evaluation_scores_every_validation_token_once(data):
+    tokens, _ = data
+    split = TokenSplit(tokens, "validation")
+    targets = sum(t.numel() for _, t in split.evaluation_batches(16, 7))
+    assert targets == len(split) - 1
+    torch.manual_seed(0)
+    model = TinyTransformer(ModelShape.from_config(MODEL, VOCAB))
+    nats, bits_per_byte = evaluate(model, split, 16, 7, "fp32")
+    assert evaluate(model, split, 16, 32, "fp32")[0] == pytest.approx(nats, abs=1e-5)  # batching changes nothing
+    assert bits_per_byte == pytest.approx(nats * (len(split) - 1) / (np.log(2) * split.stats.bytes))
+
+
+def test_an_epoch_visits_every_window_once(data):
+    tokens, _ = data
+    split = TokenSplit(tokens, "train")
+    generator = torch.Generator().manual_seed(1)
+    batches = list(split.epoch_batches(16, 16, generator))
+    inputs = torch.cat([x for x, _ in batches])
+    assert len(inputs) == split.windows_per_epoch(16)
+    assert len(batches) == -(-split.windows_per_epoch(16) // 16)
+    assert all(torch.equal(x[:, 1:], y[:, :-1]) for x, y in batches)
