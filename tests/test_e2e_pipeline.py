@@ -1,0 +1,133 @@
+"""The whole pipeline through the real `dvc` CLI and ./scripts/train_pipeline.sh, on TINY_PARAMS."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from tests.conftest import TINY_PARAMS
+
+# Figures that depend on the machine's speed, not on what was computed.
+TIMING_KEYS = {"total_training_time", "tokens_per_sec", "seconds"}
+
+
+@pytest.fixture
+def tiny_repo(project_repo, shared_corpus):
+    project_repo.environ["TT_CORPUS_MIRROR"] = str(shared_corpus)
+    project_repo.set_params(TINY_PARAMS)
+    project_repo.run("git", "commit", "-qam", "tiny params")
+    return project_repo
+
+
+def computed(path):
+    """A metrics file without its timing figures."""
+    value = json.loads(path.read_text())
+    if isinstance(value, list):
+        return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in value]
+    return {k: v for k, v in value.items() if k not in TIMING_KEYS}
+
+
+def test_dvc_repro_runs_the_four_stages_and_an_epochs_change_reruns_only_train_and_validate(tiny_repo):
+    first = tiny_repo.dvc("repro")
+    for stage in ("download", "tokenize", "train", "validate"):
+        assert f"Running stage '{stage}'" in first.stdout, first.stdout
+    repo = tiny_repo.path
+    for out in ("data/best_model.pt", "data/final_model.pt", "data/training_metrics.json",
+                "data/checkpoints/last.pt", "metrics/train.json", "metrics/validate.json", "metrics/samples.json"):
+        assert (repo / out).is_file(), out
+    shown = json.loads(tiny_repo.dvc("metrics", "show", "--json").stdout)
+    text = json.dumps(shown)
+    for metrics_file in ("corpus.json", "tokenizer.json", "train.json", "validate.json"):
+        assert f"metrics/{metrics_file}" in text
+    assert "best_validation_loss" in text and "latency_p95_ms" in text
+
+    again = tiny_repo.dvc("repro")
+    assert "Running stage" not in again.stdout
+    assert "up to date" in tiny_repo.dvc("status").stdout
+
+    tiny_repo.set_params({"epochs": 3})
+    changed = tiny_repo.dvc("repro")
+    assert "Stage 'download' didn't change" in changed.stdout and "Stage 'tokenize' didn't change" in changed.stdout
+    assert "Running stage 'train'" in changed.stdout and "Running stage 'validate'" in changed.stdout
+    assert json.loads((repo / "metrics/train.json").read_text())["epochs"] == 3
+    assert "up to date" in tiny_repo.dvc("status").stdout
+
+
+@pytest.mark.slow
+def test_training_killed_with_sigkill_mid_epoch_resumes_to_the_same_result(tiny_repo):
+    tiny_repo.set_params({"epochs": 3})
+    tiny_repo.dvc("repro")
+    repo = tiny_repo.path
+    uninterrupted = computed(repo / "metrics/train.json"), computed(repo / "metrics/train_history.json")
+
+    tiny_repo.run("rm", "-rf", "data/checkpoints")
+    dvc = subprocess.Popen(["python", "-m", "dvc", "repro", "--force", "train"], cwd=repo, env=tiny_repo.environ,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    first_epoch = repo / "data/checkpoints/epoch_0001.pt"
+    deadline = time.monotonic() + 300
+    while not first_epoch.exists() and dvc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert first_epoch.exists(), "training never finished its first epoch"
+    time.sleep(1.0)  # well into epoch 2
+    os.killpg(dvc.pid, signal.SIGKILL)
+    dvc.wait()
+    last = torch.load(repo / "data/checkpoints/last.pt", weights_only=True)
+    assert last["epoch"] == 1, "the kill came after epoch 2 ended: make the epochs longer"
+
+    resumed = tiny_repo.dvc("repro")
+    assert "Running stage 'train'" in resumed.stdout
+    assert "resuming after epoch 1 of 3" in resumed.stderr + resumed.stdout
+    assert (computed(repo / "metrics/train.json"), computed(repo / "metrics/train_history.json")) == uninterrupted
+    assert "up to date" in tiny_repo.dvc("status").stdout
+
+
+def pipeline(repo, *args):
+    return repo.run("./scripts/train_pipeline.sh", *args, check=False)
+
+
+@pytest.mark.slow
+def test_train_pipeline_sh_exit_codes_come_from_real_failures(tiny_repo, book_server):
+    repo = tiny_repo.path
+    assert pipeline(tiny_repo, "--help").returncode == 0
+
+    for args, message in ((["--frobnicate"], "unknown option '--frobnicate'"),
+                          (["--epochs", "many"], "--epochs expects a whole number"),
+                          (["--skip-tokenizer"], "data/corpus_bilingual.txt is missing")):
+        done = pipeline(tiny_repo, *args)
+        assert done.returncode == 1 and message in done.stderr, (args, done.stderr)
+
+    book_server.mode = "404"
+    done = pipeline(tiny_repo, "--corpus-url", book_server.url)
+    assert done.returncode == 2 and "HTTP 404" in done.stdout + done.stderr and "Phase 1/4: Corpus" in done.stdout
+
+    done = pipeline(tiny_repo, "--epochs", "2")  # a DVC experiment (dvc exp run -S epochs=2)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for phase in ("Phase 1/4: Corpus", "Phase 2/4: Tokenizer", "Phase 3/4: Training", "Phase 4/4: Validation",
+                  "Summary", "budget rss_mb"):
+        assert phase in done.stdout, phase
+
+    tiny_repo.set_params({"validate.budgets.rss_mb": 5})
+    done = pipeline(tiny_repo, "--skip-tokenizer")
+    assert done.returncode == 5 and "rss_mb" in done.stdout + done.stderr
+    assert json.loads((repo / "metrics/validate.json").read_text())["budgets"]["rss_mb"]["passed"] is False
+    tiny_repo.set_params({"validate.budgets.rss_mb": 400})
+
+    # A checkpoint whose weights went bad, resumed: the loss is NaN at once.
+    checkpoints = repo / "data/checkpoints"
+    for name in ("epoch_0002.pt", "last.pt", "best.pt"):
+        (checkpoints / name).unlink()
+    state = torch.load(checkpoints / "epoch_0001.pt", weights_only=True)
+    state["model"]["embed.weight"].fill_(float("nan"))
+    torch.save(state, checkpoints / "epoch_0001.pt")
+    done = pipeline(tiny_repo, "--skip-tokenizer", "--resume")
+    assert done.returncode == 4 and "lower learning_rate" in done.stdout + done.stderr
+    assert (checkpoints / "epoch_0001.pt").is_file()
+
+    index = repo / "data/corpus_index.json"
+    index.write_text(index.read_text()[:40])
+    done = pipeline(tiny_repo, "--skip-corpus")
+    assert done.returncode == 3 and "dvc repro --force download" in done.stdout + done.stderr
