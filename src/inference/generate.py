@@ -32,16 +32,20 @@ def next_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Genera
     if sampling.temperature == 0:
         return int(logits.argmax())
     logits = logits.float() / sampling.temperature
+    # The candidates, most likely first: the top k when there is a cut, else the whole vocabulary
+    # (sorting only k values keeps the per-token cost low).
     if 0 < sampling.top_k < logits.numel():
-        threshold = torch.topk(logits, sampling.top_k).values[-1]
-        logits = logits.masked_fill(logits < threshold, float("-inf"))
+        logits, ids = torch.topk(logits, sampling.top_k)
+    elif sampling.top_p < 1.0:
+        logits, ids = torch.sort(logits, descending=True)
+    else:
+        ids = None
     probs = torch.softmax(logits, dim=-1)
     if sampling.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
         # Keep the smallest set of most likely tokens whose mass reaches top_p (the first always stays).
-        outside = sorted_probs.cumsum(0) - sorted_probs >= sampling.top_p
-        probs = probs.scatter(0, order[outside], 0.0)
-    return int(torch.multinomial(probs, 1, generator=generator))
+        probs = probs.masked_fill(probs.cumsum(0) - probs >= sampling.top_p, 0.0)
+    choice = int(torch.multinomial(probs, 1, generator=generator))
+    return choice if ids is None else int(ids[choice])
 
 
 @torch.inference_mode()
