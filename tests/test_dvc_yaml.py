@@ -25,7 +25,7 @@ RUNS = {"validate": ["src.cli.minimal_llm"]}
 OUTS = {
     "download": [paths.RAW_DIR, paths.CORPUS_FILE, paths.CORPUS_INDEX_FILE],
     "tokenize": [paths.TOKENIZER_MODEL, paths.TOKENIZER_VOCAB, paths.TOKENS_DIR],
-    "train": [paths.CHECKPOINT_DIR, paths.BEST_MODEL, paths.FINAL_MODEL, paths.TRAINING_METRICS],
+    "train": [paths.CHECKPOINT_DIR, paths.BEST_MODEL, paths.FINAL_MODEL, paths.TRAINING_METRICS, paths.TRAIN_PLOT],
     "validate": [paths.SAMPLES],
 }
 METRICS = {"download": [paths.CORPUS_METRICS], "tokenize": [paths.TOKENIZER_METRICS],
