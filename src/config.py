@@ -97,6 +97,10 @@ class TrainConfig:
     precision: str = _key("train.precision")
     # torch.compile the training step's forward and loss: slower to start, faster per step.
     compile: bool = _key("train.compile")
+    # Where training runs ("auto": CUDA when PyTorch sees it, else the CPU) and in how many processes
+    # (more than 1: the stage launches itself through torchrun, DDP over gloo on CPU, nccl on CUDA).
+    device: str = _key("train.device")
+    nproc: int = _key("train.nproc")
     # An epoch-2+ validation loss above this means training is not learning (see the README).
     plateau_loss: float = _key("train.plateau_loss")
 
@@ -277,6 +281,8 @@ _SECTION_BUILDERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
         checkpoint_every=_number(raw, "train.checkpoint_every", int, 1, 10_000),
         precision=_choice(raw, "train.precision", ("bf16", "fp32")),
         compile=_flag(raw, "train.compile"),
+        device=_choice(raw, "train.device", ("auto", "cpu", "cuda")),
+        nproc=_number(raw, "train.nproc", int, 1, 256),
         plateau_loss=_number(raw, "train.plateau_loss", float, 0, 100, lo_open=True),
     ),
     "validate": lambda raw: ValidateConfig(
@@ -326,6 +332,10 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
         raise ConfigError(f"params.yaml: unknown key '{unknown[0]}' (known keys: {', '.join(sorted(known))})")
     sections = {name: build(raw) for name, build in _SECTION_BUILDERS.items()}
     _check_model_shape(sections["model"])
+    train = sections["train"]
+    if train.batch_size % train.nproc:
+        raise ConfigError(f"params.yaml: 'batch_size' = {train.batch_size} must split evenly over 'train.nproc' = "
+                          f"{train.nproc} workers (the batch is global: each worker trains on its share)")
     return Config(**sections)
 
 

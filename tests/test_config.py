@@ -43,6 +43,9 @@ def test_project_params_load_with_the_seed_defaults():
     ("train.compile", "yes", "'train.compile' = 'yes' is not valid: must be true or false"),
     ("train.precision", "fp16", "'train.precision' = 'fp16' is not allowed: must be one of bf16, fp32"),
     ("model.dropout", 0.95, "'model.dropout' = 0.95 is out of range: must be a number in [0, 0.9]"),
+    ("train.device", "tpu", "'train.device' = 'tpu' is not allowed: must be one of auto, cpu, cuda"),
+    ("train.nproc", 0, "'train.nproc' = 0 is out of range: must be an integer in [1, 256]"),
+    ("train.nproc", 5, "'batch_size' = 32 must split evenly over 'train.nproc' = 5 workers"),
 ])
 def test_bad_values_name_the_key_the_value_and_the_range(key, value, expected):
     with pytest.raises(ConfigError) as err:

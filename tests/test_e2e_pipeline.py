@@ -9,18 +9,8 @@ import time
 import pytest
 import torch
 
-from tests.conftest import TINY_PARAMS
-
 # Figures that depend on the machine's speed, not on what was computed.
 TIMING_KEYS = {"total_training_time", "tokens_per_sec", "seconds"}
-
-
-@pytest.fixture
-def tiny_repo(project_repo, shared_corpus):
-    project_repo.environ["TT_CORPUS_MIRROR"] = str(shared_corpus)
-    project_repo.set_params(TINY_PARAMS)
-    project_repo.run("git", "commit", "-qam", "tiny params")
-    return project_repo
 
 
 def computed(path):

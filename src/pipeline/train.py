@@ -4,6 +4,10 @@
 
 An interrupted run (Ctrl+C, kill -9, reboot) continues from the newest checkpoint made by the same
 data, tokenizer, params and code. Set TT_TRAIN_FRESH=1 to set existing checkpoints aside and start over.
+
+With ``train.nproc`` > 1 the stage launches itself through torchrun (DDP); a worker's exit code is the
+stage's. Started by torchrun directly (``torchrun --nproc_per_node=N -m src.pipeline.train``) it works
+the same.
 """
 
 from __future__ import annotations
@@ -12,14 +16,16 @@ import argparse
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 from src import paths
 from src.config import ModelConfig, TrainConfig, load_config
 from src.data.corpus import write_atomic
 from src.data.tokenizer import load_tokenizer
-from src.model.checkpoint import CheckpointError
+from src.model.checkpoint import CheckpointError, export_model
 from src.pipeline.stage import ExitCode, PrerequisiteError, run_stage
+from src.training.distributed import Workers, join, leave, single_process
 from src.training.trainer import TrainingDiverged, TrainingResult, train
 
 log = logging.getLogger(__name__)
@@ -29,21 +35,22 @@ FRESH_ENV = "TT_TRAIN_FRESH"
 
 def run_train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, fresh: bool = False,
               tokens_dir: Path = paths.TOKENS_DIR, tokenizer_file: Path = paths.TOKENIZER_MODEL,
-              checkpoint_dir: Path = paths.CHECKPOINT_DIR) -> TrainingResult:
+              checkpoint_dir: Path = paths.CHECKPOINT_DIR, workers: Workers = single_process()) -> TrainingResult:
     for needed in (tokenizer_file, tokens_dir / "train.bin", tokens_dir / "validation.bin"):
         if not needed.is_file():
             raise PrerequisiteError(f"{needed} not found: run `dvc repro tokenize` first")
     vocab_size = load_tokenizer(tokenizer_file).get_piece_size()
     result = train(model_cfg, train_cfg, vocab_size=vocab_size, tokens_dir=tokens_dir,
-                   tokenizer_file=tokenizer_file, checkpoint_dir=checkpoint_dir, fresh=fresh)
-    write_outputs(result)
+                   tokenizer_file=tokenizer_file, checkpoint_dir=checkpoint_dir, fresh=fresh, workers=workers)
+    if workers.is_main:
+        write_outputs(result)
     return result
 
 
 def write_outputs(result: TrainingResult) -> None:
     """Best and final models beside the checkpoints, and the metrics DVC and the seed's tools read."""
-    write_atomic(paths.BEST_MODEL, result.best_checkpoint.read_bytes())
-    write_atomic(paths.FINAL_MODEL, result.last_checkpoint.read_bytes())
+    export_model(result.best_checkpoint, paths.BEST_MODEL)
+    export_model(result.last_checkpoint, paths.FINAL_MODEL)
     state = result.state
     history = state.history
     last = history[-1]
@@ -76,6 +83,22 @@ def write_json(path: Path, value) -> None:
     write_atomic(path, (json.dumps(value, indent=2) + "\n").encode())
 
 
+def launch_workers(nproc: int, argv: list[str]) -> None:
+    """Run this stage in ``nproc`` worker processes through torchrun; exit with a failed worker's code."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    log.info("launching %d workers through torchrun", nproc)
+    launch = get_args_parser().parse_args(
+        ["--standalone", f"--nproc_per_node={nproc}", "--module", "src.pipeline.train", *argv])
+    try:
+        run(launch)
+    except ChildFailedError as exc:
+        codes = [failure.exitcode for failure in exc.failures.values() if failure.exitcode > 0]
+        sys.exit(codes[0] if codes else ExitCode.TRAINING)
+    sys.exit(ExitCode.OK)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml", type=Path)
@@ -83,7 +106,15 @@ def main(argv: list[str] | None = None) -> None:
 
     def body() -> None:
         cfg = load_config(args.params)
-        run_train(cfg.model, cfg.train, fresh=os.environ.get(FRESH_ENV) == "1")
+        if cfg.train.nproc > 1 and "WORLD_SIZE" not in os.environ:
+            launch_workers(cfg.train.nproc, ["--params", str(args.params)])
+        workers = join(cfg.train.device)
+        if not workers.is_main:
+            logging.getLogger().setLevel(logging.WARNING)  # one worker speaks for all
+        try:
+            run_train(cfg.model, cfg.train, fresh=os.environ.get(FRESH_ENV) == "1", workers=workers)
+        finally:
+            leave()
 
     run_stage("train", body, ExitCode.TRAINING, expected=(TrainingDiverged, CheckpointError))
 

@@ -3,6 +3,10 @@
 Checkpoints are taken at epoch boundaries. Each epoch's data order comes from its own generator
 seeded by (seed, epoch), and the checkpoint carries the model, optimizer, scheduler and RNG state,
 so a run resumed from any checkpoint ends exactly where an uninterrupted run ends.
+
+Under torchrun every worker draws the same global batches and trains on its own slice of each; DDP
+averages the gradients, so the global batch, and the result, are those of a single process. Rank 0
+alone writes checkpoints.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from src.config import ModelConfig, TrainConfig
@@ -26,6 +32,7 @@ from src.data.dataset import TokenSplit
 from src.model.checkpoint import (CheckpointError, code_digest, file_digest, load_checkpoint, save_checkpoint,
                                   set_aside)
 from src.model.transformer import ModelShape, TinyTransformer
+from src.training.distributed import Workers, single_process
 from src.training.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -33,8 +40,8 @@ log = logging.getLogger(__name__)
 SRC = Path(__file__).resolve().parents[1]
 # The code whose change makes an old checkpoint a different recipe.
 TRAINING_CODE = (SRC / "model", SRC / "training", SRC / "data" / "dataset.py")
-# Train params that do not change the numbers a run produces.
-_BOOKKEEPING_PARAMS = ("checkpoint_every", "plateau_loss")
+# Train params that do not change the recipe: a run may resume under other values of these.
+_BOOKKEEPING_PARAMS = ("checkpoint_every", "plateau_loss", "compile", "device", "nproc")
 LAST = "last.pt"
 BEST = "best.pt"
 
@@ -61,10 +68,22 @@ class TrainingResult:
     resumed_from_epoch: int
 
 
-def precision_context(precision: str) -> contextlib.AbstractContextManager:
+def precision_context(precision: str, device: torch.device = torch.device("cpu")
+                      ) -> contextlib.AbstractContextManager:
     if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+class NextTokenLoss(nn.Module):
+    """The training objective as one module, so that DDP and torch.compile wrap a single forward."""
+
+    def __init__(self, model: TinyTransformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(inputs, targets)
 
 
 def fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_dir: Path,
@@ -81,27 +100,65 @@ def fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_dir: Path
     }
 
 
-def make_optimizer(model: TinyTransformer, cfg: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: TinyTransformer, cfg: TrainConfig, fused: bool = True) -> torch.optim.AdamW:
     """AdamW with weight decay on weight matrices only (not on biases or LayerNorm gains)."""
     params = list(model.parameters())
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.95), fused=True)
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.95), fused=fused or None)
+
+
+def make_train_step(model: TinyTransformer, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, cfg: TrainConfig,
+                    workers: Workers = single_process()) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    """One optimizer step on a global batch; returns its loss. A non-finite loss is returned unapplied.
+
+    Each worker computes the loss of its slice of the batch; DDP averages the gradients in backward.
+    """
+    objective: nn.Module = NextTokenLoss(model)
+    if workers.distributed:
+        objective = DistributedDataParallel(
+            objective, device_ids=[workers.device] if workers.device.type == "cuda" else None)
+    if cfg.compile:
+        objective = torch.compile(objective)
+
+    def step(inputs: torch.Tensor, targets: torch.Tensor) -> float:
+        inputs, targets = workers.slice(inputs), workers.slice(targets)
+        with precision_context(cfg.precision, workers.device):
+            loss = objective(inputs, targets)
+        value = workers.mean(loss.item())  # every worker sees a NaN on any one of them
+        if not math.isfinite(value):
+            return value
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return value
+
+    return step
 
 
 @torch.inference_mode()
 def evaluate(model: TinyTransformer, split: TokenSplit, length: int, batch_size: int,
-             precision: str) -> tuple[float, float]:
-    """(mean cross-entropy in nats per token, bits per byte) over the whole split, fixed windows."""
+             precision: str, workers: Workers = single_process()) -> tuple[float, float]:
+    """(mean cross-entropy in nats per token, bits per byte) over the whole split, fixed windows.
+
+    Workers score every ``world_size``-th batch each and add up their sums.
+    """
     was_training = model.training
     model.eval()
     total_nats, count = 0.0, 0
-    for inputs, targets in split.evaluation_batches(length, batch_size):
-        with precision_context(precision):
+    for index, (inputs, targets) in enumerate(split.evaluation_batches(length, batch_size)):
+        if index % workers.world_size != workers.rank:
+            continue
+        inputs, targets = inputs.to(workers.device), targets.to(workers.device)
+        with precision_context(precision, workers.device):
             logits = model(inputs)
         total_nats += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum").item()
         count += targets.numel()
     model.train(was_training)
+    total_nats, count = workers.sum([total_nats, count])
     return total_nats / count, total_nats / (math.log(2) * split.stats.bytes)
 
 
@@ -125,28 +182,36 @@ def _resume_point(checkpoint_dir: Path, expected: dict[str, str]) -> dict[str, A
 
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, tokens_dir: Path,
-          tokenizer_file: Path, checkpoint_dir: Path, fresh: bool = False) -> TrainingResult:
+          tokenizer_file: Path, checkpoint_dir: Path, fresh: bool = False,
+          workers: Workers = single_process()) -> TrainingResult:
     """Train (or resume) until ``train_cfg.epochs`` epochs are complete; return where things are."""
     train_split, validation_split = TokenSplit(tokens_dir, "train"), TokenSplit(tokens_dir, "validation")
     length = train_cfg.max_seq_length
     if train_split.windows_per_epoch(length) < 1 or len(validation_split) < 2:
         raise ValueError(f"the token dataset is too small for windows of max_seq_length={length}")
+    if train_cfg.batch_size % workers.world_size:
+        raise ValueError(f"batch_size={train_cfg.batch_size} must split evenly over {workers.world_size} workers")
     steps_per_epoch = math.ceil(train_split.windows_per_epoch(length) / train_cfg.batch_size)
     total_steps = steps_per_epoch * train_cfg.epochs
 
     torch.manual_seed(train_cfg.seed)
-    model = TinyTransformer(ModelShape.from_config(model_cfg, vocab_size))
+    model = TinyTransformer(ModelShape.from_config(model_cfg, vocab_size)).to(workers.device)
     optimizer = make_optimizer(model, train_cfg)
     scheduler = warmup_cosine(optimizer, train_cfg.warmup_steps, total_steps, train_cfg.min_lr_ratio)
     stamp = fingerprint(model_cfg, train_cfg, tokens_dir, tokenizer_file)
     precision = train_cfg.precision
     state = TrainingState()
 
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    if fresh:
-        for path in sorted(checkpoint_dir.glob("*.pt")):
-            log.info("fresh start: %s set aside to %s", path, set_aside(path, "fresh"))
-    resume = _resume_point(checkpoint_dir, stamp)
+    # Rank 0 sets unusable checkpoints aside first, so that every worker then finds the same resume point.
+    if workers.is_main:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            for path in sorted(checkpoint_dir.glob("*.pt")):
+                log.info("fresh start: %s set aside to %s", path, set_aside(path, "fresh"))
+        resume = _resume_point(checkpoint_dir, stamp)
+    workers.barrier()
+    if not workers.is_main:
+        resume = _resume_point(checkpoint_dir, stamp)
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -157,6 +222,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
     resumed_from = state.epoch
 
     def checkpoint(path: Path) -> None:
+        if not workers.is_main:
+            return
         save_checkpoint(path, {
             "epoch": state.epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
@@ -165,29 +232,23 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
         })
 
     model.train()
-    loss_of = torch.compile(model.loss) if train_cfg.compile else model.loss
+    step = make_train_step(model, optimizer, scheduler, train_cfg, workers)
     while state.epoch < train_cfg.epochs:
         epoch = state.epoch + 1
         generator = torch.Generator().manual_seed(train_cfg.seed * 1_000_003 + epoch)
         started = time.perf_counter()
         loss_sum, tokens_seen = 0.0, 0
         bar = tqdm(train_split.epoch_batches(length, train_cfg.batch_size, generator), total=steps_per_epoch,
-                   desc=f"epoch {epoch}/{train_cfg.epochs}", unit="step", disable=None, leave=False)
+                   desc=f"epoch {epoch}/{train_cfg.epochs}", unit="step", disable=None if workers.is_main else True,
+                   leave=False)
         for batch, (inputs, targets) in enumerate(bar, start=1):
-            with precision_context(precision):
-                loss = loss_of(inputs, targets)
-            loss_value = loss.item()
+            loss_value = step(inputs, targets)
             if not math.isfinite(loss_value):
                 raise TrainingDiverged(
                     f"loss became {loss_value} at epoch {epoch}, step {batch} of {steps_per_epoch} (global step "
                     f"{state.step + 1}); try a lower learning_rate than {train_cfg.learning_rate:g} "
                     f"(e.g. dvc exp run -S learning_rate={train_cfg.learning_rate / 3:.2g}). The last good "
                     f"checkpoint, after epoch {state.epoch}, is kept.")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
             state.step += 1
             loss_sum += loss_value * targets.numel()
             tokens_seen += targets.numel()
@@ -196,7 +257,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
         bar.close()
         train_seconds = time.perf_counter() - started
         validation_loss, bits_per_byte = evaluate(model, validation_split, length, train_cfg.eval_batch_size,
-                                                  precision)
+                                                  precision, workers)
         state.epoch = epoch
         state.history.append({
             "epoch": epoch, "train_loss": loss_sum / tokens_seen, "validation_loss": validation_loss,
@@ -218,6 +279,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
             checkpoint(checkpoint_dir / f"epoch_{epoch:04d}.pt")
         checkpoint(checkpoint_dir / LAST)  # last, so a resume point always exists once an epoch ends
 
+    workers.check_identical(model)
+    workers.barrier()
     if not (checkpoint_dir / LAST).is_file():
         raise CheckpointError(f"no checkpoint in {checkpoint_dir} after training")
     return TrainingResult(state, checkpoint_dir / LAST, checkpoint_dir / BEST, model.num_parameters(), resumed_from)

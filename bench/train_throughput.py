@@ -1,0 +1,130 @@
+"""Training throughput: the project's training step beside a plain fp32 eager reference.
+
+    python -m bench.train_throughput --steps 20 [--json] [--params params.yaml]
+
+Both run the default model shape from params.yaml on the same batches (windows of the real token data
+when `data/tokens/train.bin` exists, else random ids), alternating in rounds so that the machine's
+noise hits both alike. The project's step is `src.training.trainer.make_train_step` with the params'
+precision and compile settings; the reference is the same model in fp32, eager, with
+`torch.optim.AdamW`'s default implementation and the full fp32 logits in the loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from src import paths
+from src.config import load_config
+from src.model.transformer import ModelShape, TinyTransformer
+from src.training.schedule import warmup_cosine
+from src.training.trainer import make_optimizer, make_train_step
+
+
+def batches(vocab_size: int, batch_size: int, length: int, count: int, seed: int = 0) -> list[tuple]:
+    """``count`` (inputs, targets) batches: real token windows when the token data exists."""
+    rng = np.random.default_rng(seed)
+    tokens_file = paths.TOKENS_DIR / "train.bin"
+    if tokens_file.is_file():
+        ids = np.memmap(tokens_file, dtype=np.uint16, mode="r")
+        ids = ids[ids < vocab_size] if int(ids.max()) >= vocab_size else ids
+    else:
+        ids = rng.integers(0, vocab_size, 200_000, dtype=np.int64)
+    result = []
+    for _ in range(count):
+        starts = rng.integers(0, len(ids) - length - 1, batch_size)
+        block = torch.from_numpy(np.stack([ids[s:s + length + 1] for s in starts]).astype(np.int64))
+        result.append((block[:, :-1], block[:, 1:]))
+    return result
+
+
+def matmul_peak_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 20) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
+
+
+def flops_per_token(shape: ModelShape) -> float:
+    """Training FLOPs per token: 6 x the parameters used in matrix products, plus 6 x attention's."""
+    per_layer = 4 * shape.d_model**2 + 2 * shape.d_model * shape.d_ff
+    matmul_params = shape.n_layers * per_layer + shape.vocab_size * shape.d_model  # + the tied head
+    attention = shape.n_layers * shape.context_length * shape.d_model  # QK^T and AV: 4Td forward, half causal
+    return 6 * matmul_params + 6 * attention
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps of each variant")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    parser.add_argument("--rounds", type=int, default=4, help="alternations of the two variants")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--json", action="store_true", help="print one JSON line")
+    args = parser.parse_args(argv)
+
+    cfg = load_config(args.params)
+    vocab_size = cfg.tokenizer.vocab_size
+    shape = ModelShape.from_config(cfg.model, vocab_size)
+    reference_cfg = dataclasses.replace(cfg.train, precision="fp32", compile=False)
+    length, batch = cfg.train.max_seq_length, cfg.train.batch_size
+    data = batches(vocab_size, batch, length, args.steps + args.warmup)
+
+    variants = {}
+    for name, train_cfg, fused in (("project", cfg.train, True), ("reference_fp32_eager", reference_cfg, False)):
+        torch.manual_seed(cfg.train.seed)
+        model = TinyTransformer(shape).train()
+        optimizer = make_optimizer(model, train_cfg, fused=fused)
+        scheduler = warmup_cosine(optimizer, train_cfg.warmup_steps, 10_000, train_cfg.min_lr_ratio)
+        step = make_train_step(model, optimizer, scheduler, train_cfg)
+        warm_started = time.perf_counter()
+        for inputs, targets in data[:args.warmup]:
+            step(inputs, targets)
+        variants[name] = {"step": step, "seconds": 0.0, "steps": 0,
+                          "warmup_seconds": time.perf_counter() - warm_started}
+
+    timed = data[args.warmup:]
+    per_round = max(len(timed) // args.rounds, 1)
+    for first in range(0, len(timed), per_round):
+        for variant in variants.values():
+            started = time.perf_counter()
+            for inputs, targets in timed[first:first + per_round]:
+                variant["step"](inputs, targets)
+            variant["seconds"] += time.perf_counter() - started
+            variant["steps"] += len(timed[first:first + per_round])
+
+    peak = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
+    tokens_per_step = batch * length
+    result = {"benchmark": "train_throughput", "batch_size": batch, "max_seq_length": length,
+              "vocab_size": vocab_size, "parameters": TinyTransformer(shape).num_parameters(),
+              "threads": torch.get_num_threads(), "precision": cfg.train.precision, "compile": cfg.train.compile,
+              "matmul_peak_gflops": {k: round(v, 1) for k, v in peak.items()}}
+    for name, variant in variants.items():
+        seconds_per_step = variant["seconds"] / variant["steps"]
+        gflops = flops_per_token(shape) * tokens_per_step / seconds_per_step / 1e9
+        precision = cfg.train.precision if name == "project" else "fp32"
+        result[name] = {"tokens_per_sec": round(tokens_per_step / seconds_per_step, 1),
+                        "ms_per_step": round(seconds_per_step * 1000, 2),
+                        "gflops": round(gflops, 1), "share_of_matmul_peak": round(gflops / peak[precision], 3),
+                        "warmup_seconds": round(variant["warmup_seconds"], 2), "steps": variant["steps"]}
+    result["speedup"] = round(result["project"]["tokens_per_sec"] / result["reference_fp32_eager"]["tokens_per_sec"], 3)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for name in variants:
+            r = result[name]
+            print(f"{name:>22}: {r['tokens_per_sec']:>9.0f} tokens/s  {r['ms_per_step']:>7.1f} ms/step  "
+                  f"{r['gflops']:>6.1f} GFLOP/s ({r['share_of_matmul_peak']:.0%} of the matmul peak)")
+        print(f"{'speedup':>22}: {result['speedup']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""The benchmarks run and report every figure (their numbers are measured by hand, never asserted on)."""
+
+import json
+
+from tests.conftest import run_module
+
+
+def test_train_throughput_reports_both_variants(tiny_pipeline):
+    done = run_module("bench.train_throughput", tiny_pipeline, "--steps", "2", "--warmup", "1", "--rounds", "1",
+                      "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    for variant in ("project", "reference_fp32_eager"):
+        assert result[variant]["tokens_per_sec"] > 0 and result[variant]["steps"] == 2
+        assert 0 < result[variant]["share_of_matmul_peak"]
+    assert result["speedup"] == round(result["project"]["tokens_per_sec"]
+                                      / result["reference_fp32_eager"]["tokens_per_sec"], 3)
+
+
+def test_inference_reports_latency_and_memory(tiny_pipeline):
+    done = run_module("bench.inference", tiny_pipeline, "--runs", "2", "--tokens", "16", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    for figure in ("latency_p50_ms", "latency_p95_ms", "time_to_first_token_ms", "tokens_per_sec", "rss_mb"):
+        assert result[figure] > 0, figure
