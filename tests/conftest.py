@@ -16,6 +16,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -205,6 +206,20 @@ def tiny_pipeline(tmp_path_factory, shared_corpus) -> Path:
         done = run_module(f"src.pipeline.{stage}", workdir, env=env)
         assert done.returncode == 0, f"{stage} failed:\n{done.stderr}"
     return workdir
+
+
+def keep_only_epoch_1(checkpoints: Path) -> None:
+    """Leave epoch_0001.pt as the only checkpoint of a 2-epoch run, as if it had died during epoch 2."""
+    for name in ("epoch_0002.pt", "last.pt", "best.pt"):
+        (checkpoints / name).unlink()
+
+
+def poison_epoch_1(checkpoints: Path, tensor: str = "embed.weight", value: float = float("nan")) -> None:
+    """``keep_only_epoch_1``, and that checkpoint's weights went bad: resuming makes the first loss non-finite."""
+    keep_only_epoch_1(checkpoints)
+    state = torch.load(checkpoints / "epoch_0001.pt", weights_only=True)
+    state["model"][tensor].fill_(value)
+    torch.save(state, checkpoints / "epoch_0001.pt")
 
 
 @pytest.fixture

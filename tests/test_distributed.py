@@ -3,10 +3,9 @@
 import json
 
 import pytest
-import torch
 
 from src import paths
-from tests.conftest import run_module, write_params
+from tests.conftest import keep_only_epoch_1, poison_epoch_1, run_module, write_params
 
 # Two workers compute each half batch's gradients with other matrix shapes and add them in another order, so
 # the runs agree to float rounding, which training then amplifies. Measured on the tiny config: 2 workers vs
@@ -38,8 +37,7 @@ def test_two_workers_give_the_single_process_loss_curve(tiny_pipeline, tiny_copy
 @pytest.mark.slow
 def test_two_workers_resume_a_single_process_run(tiny_pipeline, tiny_copy):
     checkpoints = tiny_copy / paths.CHECKPOINT_DIR
-    for name in ("epoch_0002.pt", "last.pt", "best.pt"):
-        (checkpoints / name).unlink()
+    keep_only_epoch_1(checkpoints)
     write_params(tiny_copy, {"train.nproc": 2})
     done = run_module("src.pipeline.train", tiny_copy)
     assert done.returncode == 0, done.stderr
@@ -52,11 +50,7 @@ def test_two_workers_resume_a_single_process_run(tiny_pipeline, tiny_copy):
 @pytest.mark.slow
 def test_a_failing_worker_gives_the_stage_exit_code(tiny_copy):
     checkpoints = tiny_copy / paths.CHECKPOINT_DIR
-    for name in ("epoch_0002.pt", "last.pt", "best.pt"):
-        (checkpoints / name).unlink()
-    state = torch.load(checkpoints / "epoch_0001.pt", weights_only=True)
-    state["model"]["embed.weight"].fill_(float("nan"))
-    torch.save(state, checkpoints / "epoch_0001.pt")
+    poison_epoch_1(checkpoints)
     write_params(tiny_copy, {"train.nproc": 2})
     done = run_module("src.pipeline.train", tiny_copy)
     assert done.returncode == 4 and "loss became nan at epoch 2, step 1" in done.stderr

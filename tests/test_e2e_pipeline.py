@@ -9,6 +9,8 @@ import time
 import pytest
 import torch
 
+from tests.conftest import poison_epoch_1
+
 # Figures that depend on the machine's speed, not on what was computed.
 TIMING_KEYS = {"total_training_time", "tokens_per_sec", "seconds"}
 
@@ -108,11 +110,7 @@ def test_train_pipeline_sh_exit_codes_come_from_real_failures(tiny_repo, book_se
 
     # A checkpoint whose weights went bad, resumed: the loss is NaN at once.
     checkpoints = repo / "data/checkpoints"
-    for name in ("epoch_0002.pt", "last.pt", "best.pt"):
-        (checkpoints / name).unlink()
-    state = torch.load(checkpoints / "epoch_0001.pt", weights_only=True)
-    state["model"]["embed.weight"].fill_(float("nan"))
-    torch.save(state, checkpoints / "epoch_0001.pt")
+    poison_epoch_1(checkpoints)
     done = pipeline(tiny_repo, "--skip-tokenizer", "--resume")
     assert done.returncode == 4 and "lower learning_rate" in done.stdout + done.stderr
     assert (checkpoints / "epoch_0001.pt").is_file()

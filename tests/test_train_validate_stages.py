@@ -7,7 +7,7 @@ import torch
 
 from src import paths
 from src.pipeline.validate import detect_language, repetition_rate, whitespace_share
-from tests.conftest import TINY_PARAMS, run_module, write_params
+from tests.conftest import TINY_PARAMS, poison_epoch_1, run_module, write_params
 
 
 def test_train_writes_the_models_and_metrics(tiny_pipeline):
@@ -37,11 +37,7 @@ def test_train_without_tokens_exits_1(tmp_path):
 
 def test_a_nan_loss_exits_4_and_keeps_the_last_good_checkpoint(tiny_copy):
     checkpoints = tiny_copy / paths.CHECKPOINT_DIR
-    for name in ("epoch_0002.pt", "last.pt", "best.pt"):
-        (checkpoints / name).unlink()
-    state = torch.load(checkpoints / "epoch_0001.pt", weights_only=True)
-    state["model"]["blocks.0.mlp.up.weight"].fill_(float("inf"))
-    torch.save(state, checkpoints / "epoch_0001.pt")
+    poison_epoch_1(checkpoints, "blocks.0.mlp.up.weight", float("inf"))
     before = (checkpoints / "epoch_0001.pt").read_bytes()
     done = run_module("src.pipeline.train", tiny_copy)
     assert done.returncode == 4, done.stderr
