@@ -19,7 +19,7 @@ def test_project_params_load_with_the_seed_defaults():
     cfg = load_config(REPO_ROOT / "params.yaml")
     assert cfg.tokenizer.vocab_size == 8000
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.learning_rate, cfg.train.max_seq_length) == (
-        20, 32, 0.0003, 128)
+        8, 32, 0.001, 128)
     assert [s.file_name for s in cfg.corpus.sources] == ["pg1342.txt", "pg11.txt", "pg2000.txt"]
     assert [s.language for s in cfg.corpus.sources] == ["en", "en", "es"]
     assert cfg.split.holdout_fraction == 0.1

@@ -27,11 +27,23 @@ def test_two_workers_give_the_single_process_loss_curve(tiny_pipeline, tiny_copy
     single, double = history(tiny_pipeline), history(tiny_copy)
     assert [row["epoch"] for row in double] == [row["epoch"] for row in single]
     for one, two in zip(single, double):
+        print(f"epoch {one['epoch']}: validation loss 1 process {one['validation_loss']:.4f}, "
+              f"2 workers {two['validation_loss']:.4f}")  # shown by `pytest -s`
         assert two["learning_rate"] == one["learning_rate"]  # same global batch, same number of steps
         assert two["train_loss"] == pytest.approx(one["train_loss"], rel=TOLERANCE)
         assert two["validation_loss"] == pytest.approx(one["validation_loss"], rel=TOLERANCE)
     assert {p.name for p in (tiny_copy / paths.CHECKPOINT_DIR).glob("*.pt")} == {
         "best.pt", "last.pt", "epoch_0001.pt", "epoch_0002.pt"}
+
+
+@pytest.mark.slow
+def test_compiled_workers_train_like_the_single_process(tiny_pipeline, tiny_copy):
+    write_params(tiny_copy, {"train.nproc": 2, "train.compile": True})
+    done = run_module("src.pipeline.train", tiny_copy, env={"TT_TRAIN_FRESH": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "weights identical across 2 workers" in done.stderr
+    for one, two in zip(history(tiny_pipeline), history(tiny_copy)):
+        assert two["validation_loss"] == pytest.approx(one["validation_loss"], rel=TOLERANCE)
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ Exit codes: 0 ok, 1 bad input or a missing model/tokenizer, 5 a budget exceeded 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import re
@@ -50,6 +51,18 @@ def memory_mb() -> tuple[float, float]:
     rss = psutil.Process().memory_info().rss / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports kB
     return rss, max(peak, rss)  # the kernel updates ru_maxrss lazily: it can trail the current RSS
+
+
+def release_freed_memory() -> None:
+    """Give the heap pages freed while loading back to the system; glibc keeps them otherwise.
+
+    Loading frees the model's initial random weights (the checkpoint's tensors replace them): about
+    3 MB of RSS on the default model, measured.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to give back this way
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -96,6 +109,7 @@ def run_generate(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.tokenizer} has {tokenizer.get_piece_size()} pieces but {args.model} was trained "
                          f"with {model.shape.vocab_size}: they come from different runs")
     load_ms = (time.perf_counter() - load_started) * 1000
+    release_freed_memory()
 
     prompt_ids = tokenizer.encode(args.prompt)
     generator = torch.Generator().manual_seed(args.seed)

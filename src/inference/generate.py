@@ -2,11 +2,18 @@
 
 The prompt is fed once (prefill); each new token then costs one single-token forward pass over the
 cached keys and values. When the context is full, the cache is rebuilt from the most recent half.
+
+A one-token step is a chain of tiny matrix-vector products, where fixed costs per operation dominate:
+measured on the default model (2-core AVX-512 CPU, one thread), PyTorch's own kernels take a step in
+0.86 ms at the median against 0.97 ms through oneDNN, and leave 3 MB less code resident, so generation
+runs with oneDNN switched off.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -48,7 +55,23 @@ def next_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Genera
     return choice if ids is None else int(ids[choice])
 
 
+def last_logits(model: TinyTransformer, ids: list[int], cache: KVCache) -> torch.Tensor:
+    """Feed ``ids`` through the model (extending ``cache``); the (V,) logits after the last one."""
+    return model.head(model.hidden(torch.tensor([ids]), cache)[0, -1])
+
+
+@contextlib.contextmanager
+def _without_onednn() -> Iterator[None]:
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = enabled
+
+
 @torch.inference_mode()
+@_without_onednn()
 def generate(model: TinyTransformer, prompt_ids: list[int], max_new_tokens: int, sampling: Sampling,
              generator: torch.Generator, stop_id: int | None = None) -> tuple[list[int], GenerationTimes]:
     """Up to ``max_new_tokens`` ids following ``prompt_ids`` (stopping early at ``stop_id``)."""
@@ -61,7 +84,7 @@ def generate(model: TinyTransformer, prompt_ids: list[int], max_new_tokens: int,
     cache = KVCache(model.shape, 1, next(model.parameters()).dtype, next(model.parameters()).device)
 
     started = time.perf_counter()
-    logits = model(torch.tensor([history[-(context - 1):]]), cache)[0, -1]
+    logits = last_logits(model, history[-(context - 1):], cache)
     while len(new_ids) < max_new_tokens:
         token = next_token(logits, sampling, generator)
         now = time.perf_counter()
@@ -78,7 +101,7 @@ def generate(model: TinyTransformer, prompt_ids: list[int], max_new_tokens: int,
         started = time.perf_counter()
         if cache.length == context:
             cache.length = 0  # full: re-read the most recent half of the text into a fresh cache
-            logits = model(torch.tensor([history[-(context // 2):]]), cache)[0, -1]
+            logits = last_logits(model, history[-(context // 2):], cache)
         else:
-            logits = model(torch.tensor([[token]]), cache)[0, -1]
+            logits = last_logits(model, [token], cache)
     return new_ids, times

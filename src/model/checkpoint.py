@@ -71,7 +71,10 @@ def load_model(path: Path) -> tuple[TinyTransformer, dict[str, Any]]:
     """The model of a checkpoint, in eval mode, and the checkpoint's metadata."""
     state = load_checkpoint(path)
     model = TinyTransformer(ModelShape(**state["shape"]))
-    model.load_state_dict(state["model"])
+    # assign: the model takes the checkpoint's memory-mapped tensors instead of copying them (the
+    # initial ones are freed), so the weights are held once and only their pages in use are resident.
+    model.load_state_dict(state["model"], assign=True)
+    model.tie_weights()
     model.eval()
     return model, {k: v for k, v in state.items() if k not in ("model", *TRAINING_ONLY)}
 

