@@ -165,12 +165,18 @@ def test_evaluation_scores_every_validation_token_once(data):
     assert bits_per_byte == pytest.approx(nats * (len(split) - 1) / (np.log(2) * split.stats.bytes))
 
 
-def test_an_epoch_visits_every_window_once(data):
-    tokens, _ = data
-    split = TokenSplit(tokens, "train")
-    generator = torch.Generator().manual_seed(1)
-    batches = list(split.epoch_batches(16, 16, generator))
-    inputs = torch.cat([x for x, _ in batches])
-    assert len(inputs) == split.windows_per_epoch(16)
-    assert len(batches) == -(-split.windows_per_epoch(16) // 16)
-    assert all(torch.equal(x[:, 1:], y[:, :-1]) for x, y in batches)
+def test_an_epoch_is_full_batches_of_distinct_windows(tmp_path):
+    ids = np.arange(6000, dtype=np.uint16)  # a window's first id is its position
+    write_token_dataset(tmp_path, {"train": (ids, SplitStats(len(ids), len(ids)))})
+    split = TokenSplit(tmp_path, "train")
+    windows = split.windows_per_epoch(16)
+    assert windows % 16, "the test needs windows left over"
+    starts = []
+    for epoch in (1, 2):
+        batches = list(split.epoch_batches(16, 16, torch.Generator().manual_seed(epoch)))
+        assert len(batches) == split.batches_per_epoch(16, 16) == windows // 16
+        assert all(x.shape == (16, 16) and torch.equal(x[:, 1:], y[:, :-1]) for x, y in batches)
+        first_ids = torch.cat([x[:, 0] for x, _ in batches]).tolist()
+        assert len(set(first_ids)) == len(first_ids) == windows - windows % 16
+        starts.append(set(first_ids))
+    assert starts[0] != starts[1]  # another epoch leaves out other windows

@@ -64,17 +64,22 @@ class TokenSplit:
     def windows_per_epoch(self, length: int) -> int:
         return (len(self.ids) - 1) // length
 
-    def epoch_batches(self, length: int, batch_size: int, generator: torch.Generator):
-        """One epoch: every window of ``length`` (+1 target) tokens once, from a random offset, shuffled.
+    def batches_per_epoch(self, length: int, batch_size: int) -> int:
+        return self.windows_per_epoch(length) // batch_size
 
-        Yields (inputs, targets) int64 tensors of shape (B, T); the last batch may be smaller.
+    def epoch_batches(self, length: int, batch_size: int, generator: torch.Generator):
+        """One epoch: the windows of ``length`` (+1 target) tokens from a random offset, shuffled, in full batches.
+
+        Yields (inputs, targets) int64 tensors of shape (B, T). The fewer than B windows left over sit
+        this epoch out (the next epoch's shuffle leaves out others): every batch has the same shape, so
+        a compiled training step is compiled once, not a second time for a smaller last batch.
         """
         n_windows = self.windows_per_epoch(length)
         spare = len(self.ids) - 1 - n_windows * length
         offset = int(torch.randint(0, spare + 1, (1,), generator=generator))
         order = torch.randperm(n_windows, generator=generator).numpy()
         window_index = np.arange(length + 1)
-        for first in range(0, n_windows, batch_size):
+        for first in range(0, n_windows - batch_size + 1, batch_size):
             starts = offset + order[first:first + batch_size] * length
             block = torch.from_numpy(self.ids[starts[:, None] + window_index].astype(np.int64))
             yield block[:, :-1], block[:, 1:]

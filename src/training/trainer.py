@@ -190,11 +190,12 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
     """Train (or resume) until ``train_cfg.epochs`` epochs are complete; return where things are."""
     train_split, validation_split = TokenSplit(tokens_dir, "train"), TokenSplit(tokens_dir, "validation")
     length = train_cfg.max_seq_length
-    if train_split.windows_per_epoch(length) < 1 or len(validation_split) < 2:
-        raise ValueError(f"the token dataset is too small for windows of max_seq_length={length}")
+    if train_split.batches_per_epoch(length, train_cfg.batch_size) < 1 or len(validation_split) < 2:
+        raise ValueError(f"the token dataset is too small for one batch of batch_size={train_cfg.batch_size} "
+                         f"windows of max_seq_length={length}")
     if train_cfg.batch_size % workers.world_size:
         raise ValueError(f"batch_size={train_cfg.batch_size} must split evenly over {workers.world_size} workers")
-    steps_per_epoch = math.ceil(train_split.windows_per_epoch(length) / train_cfg.batch_size)
+    steps_per_epoch = train_split.batches_per_epoch(length, train_cfg.batch_size)
     total_steps = steps_per_epoch * train_cfg.epochs
 
     torch.manual_seed(train_cfg.seed)
