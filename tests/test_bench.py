@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tests.conftest import run_module
 
 
@@ -23,3 +25,12 @@ def test_inference_reports_latency_and_memory(tiny_pipeline):
     result = json.loads(done.stdout)
     for figure in ("latency_p50_ms", "latency_p95_ms", "time_to_first_token_ms", "tokens_per_sec", "rss_mb"):
         assert result[figure] > 0, figure
+
+
+@pytest.mark.slow
+def test_train_ablation_times_every_variant(tiny_pipeline):
+    done = run_module("bench.train_ablation", tiny_pipeline, "--steps", "1", "--warmup", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)["variants"]
+    assert len(rows) == 7 and rows[5]["variant"].endswith("(the project's step)")
+    assert all(row["ms_per_step"] > 0 for row in rows)

@@ -1,0 +1,115 @@
+"""Which change bought what: the default training step with its optimisations added one at a time.
+
+    python -m bench.train_ablation [--steps 8] [--json] [--params params.yaml]
+
+Each variant trains the default model shape from params.yaml on the same batches and reports ms per
+step. It starts from a textbook step (fp32, eager, full logits and `F.cross_entropy`, PyTorch's own
+choice of attention kernel, `torch.optim.AdamW`'s for-each loop) and adds, in turn: bf16 autocast, the
+fused AdamW, `torch.compile`, the fused chunked head + loss (`src/model/loss.py`), and SDPA's math kernel
+for CPU training; the last is the project's step. A final variant flips `model.dropout` (0 <-> 0.1) to
+show what dropout costs. The attention kernel is switched by replacing the model's private kernel
+choice for the variants before the last: this is a measurement, not a way to train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import time
+from pathlib import Path
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+
+from bench.train_throughput import batches
+from src.config import load_config
+from src.model import transformer
+from src.model.transformer import ModelShape, TinyTransformer
+from src.training.trainer import make_optimizer, precision_context
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    precision: str = "fp32"
+    fused_adamw: bool = False
+    compile: bool = False
+    chunked_loss: bool = False
+    math_attention: bool = False
+    dropout: float | None = None  # None: the params' value
+
+
+def variants(params_dropout: float) -> list[Variant]:
+    textbook = Variant("fp32, eager, full logits + F.cross_entropy, default attention kernel, for-each AdamW")
+    bf16 = dataclasses.replace(textbook, name="+ bf16 autocast", precision="bf16")
+    fused = dataclasses.replace(bf16, name="+ fused AdamW", fused_adamw=True)
+    compiled = dataclasses.replace(fused, name="+ torch.compile", compile=True)
+    chunked = dataclasses.replace(compiled, name="+ fused chunked head and loss", chunked_loss=True)
+    project = dataclasses.replace(chunked, name="+ math attention kernel for CPU training (the project's step)",
+                                  math_attention=True)
+    other_dropout = 0.1 if params_dropout == 0 else 0.0
+    return [textbook, bf16, fused, compiled, chunked, project,
+            dataclasses.replace(project, name=f"the project's step with model.dropout {other_dropout:g}",
+                                dropout=other_dropout)]
+
+
+def time_variant(variant: Variant, shape: ModelShape, cfg, data: list[tuple], warmup: int) -> float:
+    """Mean seconds per optimizer step over ``data[warmup:]``."""
+    torch.manual_seed(cfg.train.seed)
+    if variant.dropout is not None:
+        shape = dataclasses.replace(shape, dropout=variant.dropout)
+    model = TinyTransformer(shape).train()
+    optimizer = make_optimizer(model, cfg.train, fused=variant.fused_adamw)
+
+    def loss_of(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if variant.chunked_loss:
+            return model.loss(inputs, targets)
+        return F.cross_entropy(model(inputs).flatten(0, 1).float(), targets.flatten())
+
+    objective = torch.compile(loss_of) if variant.compile else loss_of
+    kernel = (contextlib.nullcontext() if variant.math_attention
+              else mock.patch.object(transformer, "_attention_kernel", lambda device: contextlib.nullcontext()))
+    with kernel:
+        for index, (inputs, targets) in enumerate(data):
+            if index == warmup:
+                started = time.perf_counter()
+            with precision_context(variant.precision):
+                loss = objective(inputs, targets)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    seconds = (time.perf_counter() - started) / (len(data) - warmup)
+    torch._dynamo.reset()  # the next variant compiles its own graph
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=4, help="untimed steps first (compilation happens here)")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--json", action="store_true", help="print one JSON line")
+    args = parser.parse_args(argv)
+
+    cfg = load_config(args.params)
+    shape = ModelShape.from_config(cfg.model, cfg.tokenizer.vocab_size)
+    data = batches(shape.vocab_size, cfg.train.batch_size, cfg.train.max_seq_length, args.warmup + args.steps)
+    tokens_per_step = cfg.train.batch_size * cfg.train.max_seq_length
+    rows = []
+    for variant in variants(cfg.model.dropout):
+        seconds = time_variant(variant, shape, cfg, data, args.warmup)
+        rows.append({"variant": variant.name, "ms_per_step": round(seconds * 1000, 1),
+                     "tokens_per_sec": round(tokens_per_step / seconds, 1)})
+        if not args.json:
+            print(f"{rows[-1]['ms_per_step']:>8.1f} ms/step  {variant.name}", flush=True)
+    if args.json:
+        print(json.dumps({"benchmark": "train_ablation", "steps": args.steps, "threads": torch.get_num_threads(),
+                          "variants": rows}))
+
+
+if __name__ == "__main__":
+    main()
