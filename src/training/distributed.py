@@ -38,11 +38,7 @@ class Workers:
 
     def mean(self, value: float) -> float:
         """The mean of ``value`` over every worker (the value itself for a group of one)."""
-        if not self.distributed:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor)
-        return tensor.item() / self.world_size
+        return self.sum([value])[0] / self.world_size
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sums of ``values`` over every worker."""
