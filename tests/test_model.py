@@ -1,4 +1,4 @@
-"""TinyTransformer: shapes, the causal mask, the KV cache, weight tying and initialisation."""
+"""TinyTransformer: shapes, the causal mask, the KV cache, one-token decoding, weight tying and initialisation."""
 
 import math
 
@@ -44,6 +44,31 @@ def test_kv_cache_gives_the_full_forward_pass(model):
     steps += [model(tokens[:, t:t + 1], cache) for t in range(7, 20)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
     assert cache.length == 20
+
+
+def test_decoding_one_token_at_a_time_gives_the_full_forward_pass(model):
+    with torch.no_grad():
+        tokens = torch.randint(0, SHAPE.vocab_size, (1, SHAPE.context_length))
+        full = model(tokens)[0]  # (T, V)
+        cache = KVCache(SHAPE, 1, torch.float32, torch.device("cpu"))
+        model(tokens[:, :5], cache)  # a prompt, then one token at a time up to the full context
+        steps = torch.stack([model.decode(int(tokens[0, t]), cache) for t in range(5, SHAPE.context_length)])
+    torch.testing.assert_close(steps, full[5:], rtol=1e-5, atol=1e-5)
+    assert cache.length == SHAPE.context_length
+    with pytest.raises(ValueError, match="the cache is full: 24 tokens"):
+        model.decode(0, cache)
+
+
+def test_decoding_uses_the_layers_biases():
+    torch.manual_seed(1)
+    model = TinyTransformer(SHAPE).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # nonzero biases and LayerNorm affine parameters
+        tokens = torch.randint(0, SHAPE.vocab_size, (1, 3))
+        cache = KVCache(SHAPE, 1, torch.float32, torch.device("cpu"))
+        steps = torch.stack([model.decode(int(t), cache) for t in tokens[0]])
+        torch.testing.assert_close(steps, model(tokens)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_the_context_length_is_enforced(model):
