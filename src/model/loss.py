@@ -17,20 +17,22 @@ import torch
 import torch.nn.functional as F
 
 # Rows of logits alive at once (512 x 8000 x 4 B = 16 MB). Measured here, head + loss forward and backward
-# at the default shape under bf16 autocast, eager: 205 ms in 512-row chunks, 294 ms in one piece, 288 ms
-# the plain way.
+# at the default shape under bf16 autocast: compiled (the default), 106 ms in 512-row chunks, 120 in 256,
+# 104 in 1024; eager, 174 ms in 512-row chunks, 296 in one piece, 277 the plain way.
 CHUNK_ROWS = 512
 
 
 def softmax_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum over rows of the cross-entropy, its gradient with respect to ``logits``, in their dtype)."""
     scores = logits.float()  # (n, V)
-    shifted = scores - scores.amax(dim=-1, keepdim=True)
-    exp = shifted.exp()
-    total = exp.sum(dim=-1, keepdim=True)
-    loss = (total.log() - shifted.gather(1, targets[:, None])).sum()
-    grad = exp / total  # softmax ...
-    grad[torch.arange(len(targets), device=targets.device), targets] -= 1  # ... minus the one-hot targets
+    peak = scores.amax(dim=-1, keepdim=True)
+    log_total = peak + (scores - peak).exp().sum(dim=-1, keepdim=True).log()  # (n, 1): logsumexp
+    loss = (log_total - scores.gather(1, targets[:, None])).sum()
+    # The gradient is softmax minus the one-hot targets. Taken as exp(scores - logsumexp) in place, it needs
+    # no second fp32 copy of the chunk: head + loss forward and backward, default shape, bf16 autocast,
+    # measured in one run 147 ms eager and 87 ms compiled, against 183 and 100 for exp(shifted) / sum.
+    grad = (scores - log_total).exp_()
+    grad.scatter_add_(1, targets[:, None], torch.full_like(log_total, -1.0))
     return loss, grad.to(logits.dtype)
 
 
