@@ -57,6 +57,8 @@ def test_decoding_one_token_at_a_time_gives_the_full_forward_pass(model):
     assert cache.length == SHAPE.context_length
     with pytest.raises(ValueError, match="the cache is full: 24 tokens"):
         model.decode(0, cache)
+    with pytest.raises(ValueError, match="batch size 1, got 2"):
+        model.decode(0, KVCache(SHAPE, 2, torch.float32, torch.device("cpu")))
 
 
 def test_decoding_uses_the_layers_biases():
