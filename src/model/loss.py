@@ -25,12 +25,12 @@ CHUNK_ROWS = 512
 def softmax_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum over rows of the cross-entropy, its gradient with respect to ``logits``, in their dtype)."""
     scores = logits.float()  # (n, V)
-    peak = scores.amax(dim=-1, keepdim=True)
-    log_total = peak + (scores - peak).exp().sum(dim=-1, keepdim=True).log()  # (n, 1): logsumexp
+    log_total = torch.logsumexp(scores, dim=-1, keepdim=True)  # (n, 1)
     loss = (log_total - scores.gather(1, targets[:, None])).sum()
-    # The gradient is softmax minus the one-hot targets. Taken as exp(scores - logsumexp) in place, it needs
-    # no second fp32 copy of the chunk: head + loss forward and backward, default shape, bf16 autocast,
-    # measured in one run 147 ms eager and 87 ms compiled, against 183 and 100 for exp(shifted) / sum.
+    # The gradient, softmax minus the one-hot targets, taken as exp(scores - logsumexp) in place: no fp32
+    # copy of the chunk besides the gradient itself. Head + loss forward and backward, default shape, bf16
+    # autocast, 30 alternating rounds: compiled 91 ms against 104, eager 174 against 193 for
+    # exp(shifted) / sum followed by an index-put.
     grad = (scores - log_total).exp_()
     grad.scatter_add_(1, targets[:, None], torch.full_like(log_total, -1.0))
     return loss, grad.to(logits.dtype)
