@@ -79,7 +79,7 @@ class TokenSplit:
         offset = int(torch.randint(0, spare + 1, (1,), generator=generator))
         order = torch.randperm(n_windows, generator=generator).numpy()
         window_index = np.arange(length + 1)
-        for first in range(0, n_windows - batch_size + 1, batch_size):
+        for first in range(0, self.batches_per_epoch(length, batch_size) * batch_size, batch_size):
             starts = offset + order[first:first + batch_size] * length
             block = torch.from_numpy(self.ids[starts[:, None] + window_index].astype(np.int64))
             yield block[:, :-1], block[:, 1:]

@@ -27,10 +27,10 @@ def softmax_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[
     scores = logits.float()  # (n, V)
     log_total = torch.logsumexp(scores, dim=-1, keepdim=True)  # (n, 1)
     loss = (log_total - scores.gather(1, targets[:, None])).sum()
-    # The gradient, softmax minus the one-hot targets, taken as exp(scores - logsumexp) in place: no fp32
-    # copy of the chunk besides the gradient itself. Head + loss forward and backward, default shape, bf16
-    # autocast, 30 alternating rounds: compiled 91 ms against 104, eager 174 against 193 for
-    # exp(shifted) / sum followed by an index-put.
+    # The gradient, softmax minus the one-hot targets, taken as exp(scores - logsumexp) in place: the chunk
+    # exists in fp32 only as the scores and the gradient (exp(shifted) / sum also kept the shifted scores and
+    # their exponentials). Head + loss forward and backward, default shape, bf16 autocast, 30 alternating
+    # rounds: compiled 91 ms against 104, eager 174 against 193 for exp(shifted) / sum and an index-put.
     grad = (scores - log_total).exp_()
     grad.scatter_add_(1, targets[:, None], torch.full_like(log_total, -1.0))
     return loss, grad.to(logits.dtype)
