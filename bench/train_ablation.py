@@ -5,10 +5,12 @@
 Each variant trains the default model shape from params.yaml on the same batches and reports ms per
 step. It starts from a textbook step (fp32, eager, full logits and `F.cross_entropy`, PyTorch's own
 choice of attention kernel, `torch.optim.AdamW`'s for-each loop) and adds, in turn: bf16 autocast, the
-fused AdamW, `torch.compile`, the fused chunked head + loss (`src/model/loss.py`), and SDPA's math kernel
-for CPU training; the last is the project's step. A final variant flips `model.dropout` (0 <-> 0.1) to
-show what dropout costs. The attention kernel is switched by replacing the model's private kernel
-choice for the variants before the last: this is a measurement, not a way to train.
+fused AdamW, `torch.compile`, the fused chunked head + loss (`src/model/loss.py`), SDPA's math kernel for
+CPU training, that kernel's matrix products kept in bf16, and the allocator keeping freed memory
+(`src/training/allocator.py`); the last is the project's step as the train stage runs it. A final
+variant flips `model.dropout` (0 <-> 0.1) to show what dropout costs. The attention kernel and its
+precision are switched by replacing the project's private choices for the variants before theirs: this
+is a measurement, not a way to train. The allocator setting cannot be undone, so it comes last.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import time
+import warnings
 from pathlib import Path
 from unittest import mock
 
@@ -28,6 +31,8 @@ from bench.train_throughput import batches
 from src.config import load_config
 from src.model import transformer
 from src.model.transformer import ModelShape, TinyTransformer
+from src.training import trainer
+from src.training.allocator import keep_freed_memory
 from src.training.trainer import make_optimizer, precision_context
 
 
@@ -39,6 +44,8 @@ class Variant:
     compile: bool = False
     chunked_loss: bool = False
     math_attention: bool = False
+    bf16_attention: bool = False
+    keep_freed_memory: bool = False
     dropout: float | None = None  # None: the params' value
 
 
@@ -48,10 +55,12 @@ def variants(params_dropout: float) -> list[Variant]:
     fused = dataclasses.replace(bf16, name="+ fused AdamW", fused_adamw=True)
     compiled = dataclasses.replace(fused, name="+ torch.compile", compile=True)
     chunked = dataclasses.replace(compiled, name="+ fused chunked head and loss", chunked_loss=True)
-    project = dataclasses.replace(chunked, name="+ math attention kernel for CPU training (the project's step)",
-                                  math_attention=True)
+    math = dataclasses.replace(chunked, name="+ SDPA's math kernel for CPU training", math_attention=True)
+    bf16_math = dataclasses.replace(math, name="+ its matrix products in bf16", bf16_attention=True)
+    project = dataclasses.replace(bf16_math, name="+ allocator keeps freed memory (the project's step)",
+                                  keep_freed_memory=True)
     other_dropout = 0.1 if params_dropout == 0 else 0.0
-    return [textbook, bf16, fused, compiled, chunked, project,
+    return [textbook, bf16, fused, compiled, chunked, math, bf16_math, project,
             dataclasses.replace(project, name=f"the project's step with model.dropout {other_dropout:g}",
                                 dropout=other_dropout)]
 
@@ -70,9 +79,13 @@ def time_variant(variant: Variant, shape: ModelShape, cfg, data: list[tuple], wa
         return F.cross_entropy(model(inputs).flatten(0, 1).float(), targets.flatten())
 
     objective = torch.compile(loss_of) if variant.compile else loss_of
+    if variant.keep_freed_memory:
+        keep_freed_memory()
     kernel = (contextlib.nullcontext() if variant.math_attention
               else mock.patch.object(transformer, "_attention_kernel", lambda device: contextlib.nullcontext()))
-    with kernel:
+    attention_precision = (contextlib.nullcontext() if variant.bf16_attention
+                           else mock.patch.object(trainer, "bf16_math_attention", contextlib.nullcontext))
+    with kernel, attention_precision:
         for index, (inputs, targets) in enumerate(data):
             if index == warmup:
                 started = time.perf_counter()
@@ -95,6 +108,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     args = parser.parse_args(argv)
 
+    # Every variant compiles afresh: torch.compile's caches do not key on SDPA's bf16 switch, so a variant
+    # with it would reuse the graph compiled by the one without it.
+    torch.compiler.config.force_disable_caches = True
+    warnings.filterwarnings("ignore", "dynamo_pgo force disabled")  # what the line above means, said each time
     cfg = load_config(args.params)
     shape = ModelShape.from_config(cfg.model, cfg.tokenizer.vocab_size)
     data = batches(shape.vocab_size, cfg.train.batch_size, cfg.train.max_seq_length, args.warmup + args.steps)

@@ -7,6 +7,10 @@ when `data/tokens/train.bin` exists, else random ids), alternating in rounds so 
 noise hits both alike. The project's step is `src.training.trainer.make_train_step` with the params'
 precision and compile settings; the reference is the same model in fp32, eager, with
 `torch.optim.AdamW`'s default implementation and `F.cross_entropy` over the full fp32 logits.
+
+The train stage also tells the C allocator to keep freed memory (`src/training/allocator.py`). That is
+a setting of the whole process, which a plain PyTorch program would not have: by default neither
+variant has it, and `--keep-freed-memory` gives it to both.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from src import paths
 from src.config import load_config
 from src.model.transformer import ModelShape, TinyTransformer
+from src.training.allocator import keep_freed_memory
 from src.training.schedule import warmup_cosine
 from src.training.trainer import make_optimizer, make_train_step
 
@@ -85,9 +90,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     parser.add_argument("--rounds", type=int, default=4, help="alternations of the two variants")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="the train stage's allocator setting, for both variants")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     args = parser.parse_args(argv)
 
+    kept = args.keep_freed_memory and keep_freed_memory()
     cfg = load_config(args.params)
     vocab_size = cfg.tokenizer.vocab_size
     shape = ModelShape.from_config(cfg.model, vocab_size)
@@ -124,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {"benchmark": "train_throughput", "batch_size": batch, "max_seq_length": length,
               "vocab_size": vocab_size, "parameters": TinyTransformer(shape).num_parameters(),
               "threads": torch.get_num_threads(), "precision": cfg.train.precision, "compile": cfg.train.compile,
+              "keep_freed_memory": kept,
               "matmul_peak_gflops": {k: round(v, 1) for k, v in peak.items()}}
     for name, variant in variants.items():
         seconds_per_step = variant["seconds"] / variant["steps"]

@@ -7,12 +7,15 @@ import logging
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import profile
 
 from src.config import ModelConfig, TrainConfig
 from src.data.dataset import SplitStats, TokenSplit, write_token_dataset
 from src.model.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from src.model.transformer import ModelShape, TinyTransformer
-from src.training.trainer import TrainingDiverged, evaluate, train
+from src.training.trainer import TrainingDiverged, evaluate, precision_context, train
 
 VOCAB = 40
 MODEL = ModelConfig(n_layers=1, n_heads=2, d_model=16, d_ff=32, dropout=0.1, context_length=16)
@@ -182,3 +185,17 @@ def test_an_epoch_is_full_batches_of_distinct_windows(tmp_path):
         assert len(used) == len(first_ids) == windows - windows % 16
         left_out.append(set(range(windows)) - used)
     assert left_out[0] != left_out[1]  # another epoch leaves out other windows
+
+
+@pytest.mark.parametrize("precision, upcast", [("bf16", False), ("fp32", True)])
+def test_bf16_precision_keeps_the_math_attention_kernel_in_bf16(precision, upcast):
+    """SDPA's math kernel casts bf16 inputs to fp32 unless bf16 precision allows it not to; the switch is
+    restored afterwards."""
+    before = torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
+    q = torch.randn(2, 2, 8, 4, dtype=torch.bfloat16)
+    with precision_context(precision), sdpa_kernel(SDPBackend.MATH), profile(record_shapes=True) as prof:
+        out = F.scaled_dot_product_attention(q, q, q, is_causal=True)
+    casts = [e for e in prof.events() if e.name == "aten::_to_copy" and e.input_shapes[0] == [2, 2, 8, 4]]
+    assert bool(casts) == upcast
+    assert out.dtype == torch.bfloat16
+    assert torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed() == before

@@ -25,6 +25,7 @@ from src.data.corpus import write_atomic
 from src.data.tokenizer import load_tokenizer
 from src.model.checkpoint import CheckpointError, export_model
 from src.pipeline.stage import ExitCode, PrerequisiteError, run_stage
+from src.training.allocator import keep_freed_memory
 from src.training.distributed import Workers, join, leave, single_process
 from src.training.trainer import TrainingDiverged, TrainingResult, train
 
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def body() -> None:
         cfg = load_config(args.params)
+        keep_freed_memory()
         if cfg.train.nproc > 1 and "WORLD_SIZE" not in os.environ:
             launch_workers(cfg.train.nproc, ["--params", str(args.params)])
         workers = join(cfg.train.device)
