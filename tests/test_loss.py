@@ -68,3 +68,19 @@ def test_without_gradients_it_gives_the_same_loss(monkeypatch):
     with torch.inference_mode():
         evaluated = linear_cross_entropy(hidden, weight, targets)
     torch.testing.assert_close(evaluated, _plain(hidden, weight, targets).detach())
+
+
+def test_compiled_it_matches_the_full_logits_loss_and_gradients(monkeypatch):
+    # torch.compile fuses the loss differently from eager (one exponential per score, kept per row).
+    monkeypatch.setattr(loss_module, "CHUNK_ROWS", 8)
+    hidden, weight, targets = _inputs(21)
+    compiled = torch.compile(linear_cross_entropy, fullgraph=True)
+    fused = compiled(hidden, weight, targets)
+    fused.backward()
+    fused_grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    plain = _plain(hidden, weight, targets)
+    plain.backward()
+    torch.testing.assert_close(fused, plain)
+    torch.testing.assert_close(fused_grads[0], hidden.grad)
+    torch.testing.assert_close(fused_grads[1], weight.grad)
