@@ -20,11 +20,9 @@ def _plain(hidden, weight, targets):
     return F.cross_entropy((hidden @ weight.T).float(), targets)
 
 
-@pytest.mark.parametrize("rows", [1, 7, 8, 21])
-def test_matches_the_full_logits_loss_and_gradients_across_chunk_edges(monkeypatch, rows):
-    monkeypatch.setattr(loss_module, "CHUNK_ROWS", 8)  # chunks of 8: one partial, one whole, several
-    hidden, weight, targets = _inputs(rows)
-    fused = linear_cross_entropy(hidden, weight, targets)
+def _assert_matches_plain(fused_loss, hidden, weight, targets):
+    """``fused_loss`` gives the loss and gradients of the full-logits computation."""
+    fused = fused_loss(hidden, weight, targets)
     fused.backward()
     fused_grads = hidden.grad.clone(), weight.grad.clone()
     hidden.grad = weight.grad = None
@@ -33,6 +31,12 @@ def test_matches_the_full_logits_loss_and_gradients_across_chunk_edges(monkeypat
     torch.testing.assert_close(fused, plain)
     torch.testing.assert_close(fused_grads[0], hidden.grad)
     torch.testing.assert_close(fused_grads[1], weight.grad)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 8, 21])
+def test_matches_the_full_logits_loss_and_gradients_across_chunk_edges(monkeypatch, rows):
+    monkeypatch.setattr(loss_module, "CHUNK_ROWS", 8)  # chunks of 8: one partial, one whole, several
+    _assert_matches_plain(linear_cross_entropy, *_inputs(rows))
 
 
 def test_upstream_gradient_scales_the_result():
@@ -73,14 +77,4 @@ def test_without_gradients_it_gives_the_same_loss(monkeypatch):
 def test_compiled_it_matches_the_full_logits_loss_and_gradients(monkeypatch):
     # torch.compile fuses the loss differently from eager (one exponential per score, kept per row).
     monkeypatch.setattr(loss_module, "CHUNK_ROWS", 8)
-    hidden, weight, targets = _inputs(21)
-    compiled = torch.compile(linear_cross_entropy, fullgraph=True)
-    fused = compiled(hidden, weight, targets)
-    fused.backward()
-    fused_grads = hidden.grad.clone(), weight.grad.clone()
-    hidden.grad = weight.grad = None
-    plain = _plain(hidden, weight, targets)
-    plain.backward()
-    torch.testing.assert_close(fused, plain)
-    torch.testing.assert_close(fused_grads[0], hidden.grad)
-    torch.testing.assert_close(fused_grads[1], weight.grad)
+    _assert_matches_plain(torch.compile(linear_cross_entropy, fullgraph=True), *_inputs(21))
