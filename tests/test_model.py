@@ -1,4 +1,4 @@
-"""TinyTransformer: shapes, the causal mask, the KV cache, one-token decoding, weight tying and initialisation."""
+"""TinyTransformer: shapes, rotary positions, the causal mask, the KV cache, one-token decoding, weight tying and initialisation."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from src.config import load_config
-from src.model.transformer import INIT_STD, KVCache, ModelShape, TinyTransformer
+from src.model.transformer import INIT_STD, KVCache, ModelShape, RotaryEmbedding, TinyTransformer
 from tests.conftest import REPO_ROOT
 
 SHAPE = ModelShape(vocab_size=97, n_layers=2, n_heads=4, d_model=32, d_ff=64, dropout=0.0, context_length=24)
@@ -23,6 +23,31 @@ def test_shapes(model):
     assert model.hidden(tokens).shape == (3, 10, SHAPE.d_model)
     assert model(tokens).shape == (3, 10, SHAPE.vocab_size)
     assert model.loss(tokens, tokens).shape == ()
+
+
+def test_rotary_positions_pair_each_channel_with_the_one_half_a_head_away():
+    rope = RotaryEmbedding(head_dim=8, max_positions=6)
+    x = torch.randn(2, 6, 3, 8)  # (B, T, N, hd)
+    rotated = rope.rotate(x, 0)
+    theta = 1.0 / 10_000 ** (torch.arange(0, 8, 2) / 8)  # (hd/2,)
+    angle = torch.arange(6)[:, None, None] * theta  # (T, 1, hd/2): broadcast over the batch and the heads
+    first, second = x[..., :4], x[..., 4:]
+    torch.testing.assert_close(rotated[..., :4], first * angle.cos() - second * angle.sin())
+    torch.testing.assert_close(rotated[..., 4:], second * angle.cos() + first * angle.sin())
+    # The one-token form (one matrix per position, for decoding) turns vectors the same way.
+    torch.testing.assert_close(x @ rope.rotations[:6], rotated)
+    torch.testing.assert_close(rope.rotate(x[:, 2:4], 2), rotated[:, 2:4])
+
+
+def test_rotated_scores_depend_only_on_the_distance_between_positions():
+    rope = RotaryEmbedding(head_dim=8, max_positions=12)
+    q, k = torch.randn(8), torch.randn(8)
+
+    def score(query_position: int, key_position: int) -> torch.Tensor:
+        return rope.rotate(q.view(1, 1, 1, 8), query_position) @ rope.rotate(k.view(1, 1, 1, 8), key_position).flatten()
+
+    torch.testing.assert_close(score(5, 2), score(9, 6))
+    assert not torch.allclose(score(5, 2), score(5, 3))
 
 
 def test_a_later_token_never_changes_an_earlier_output(model):

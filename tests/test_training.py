@@ -138,6 +138,15 @@ def test_checkpoints_round_trip_through_the_safe_loader(data, tmp_path):
     assert torch.equal(model(tokens), again(tokens))
 
 
+def test_the_loader_refuses_a_checkpoint_of_another_format(data, tmp_path):
+    result = run(data, tmp_path / "ckpt", dataclasses.replace(TRAIN, epochs=1))
+    state = load_checkpoint(result.last_checkpoint)
+    # Format 1 paired RoPE channels differently: its weights must not load silently.
+    torch.save({**state, "format": 1}, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match=r"old.pt is of format 1; this version reads format 2: train again"):
+        load_model(tmp_path / "old.pt")
+
+
 def test_the_loader_refuses_what_is_not_plain_data(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": 1, "payload": argparse.Namespace(code="would run on load")}, path)

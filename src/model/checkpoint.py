@@ -19,7 +19,9 @@ import torch
 from src.data.corpus import write_atomic
 from src.model.transformer import ModelShape, TinyTransformer
 
-FORMAT_VERSION = 1
+# 2: RoPE pairs channel i with i + head_dim / 2 (format 1: with its neighbour), so the query and key
+# weights of a format-1 checkpoint mean something else to this code.
+FORMAT_VERSION = 2
 
 
 class CheckpointError(RuntimeError):
@@ -62,8 +64,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} is not a TinyTransformer checkpoint of format {FORMAT_VERSION}")
+    if not isinstance(state, dict) or "format" not in state:
+        raise CheckpointError(f"checkpoint {path} is not a TinyTransformer checkpoint")
+    if state["format"] != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} is of format {state['format']}; this version reads format "
+                              f"{FORMAT_VERSION}: train again (dvc repro train)")
     return state
 
 

