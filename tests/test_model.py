@@ -1,4 +1,5 @@
-"""TinyTransformer: shapes, rotary positions, the causal mask, the KV cache, one-token decoding, weight tying and initialisation."""
+"""TinyTransformer: shapes, rotary positions, the causal mask, the KV cache, one-token decoding, weight tying,
+initialisation."""
 
 import math
 
@@ -44,7 +45,8 @@ def test_rotated_scores_depend_only_on_the_distance_between_positions():
     q, k = torch.randn(8), torch.randn(8)
 
     def score(query_position: int, key_position: int) -> torch.Tensor:
-        return rope.rotate(q.view(1, 1, 1, 8), query_position) @ rope.rotate(k.view(1, 1, 1, 8), key_position).flatten()
+        rotated_q = rope.rotate(q.view(1, 1, 1, 8), query_position).flatten()
+        return rotated_q @ rope.rotate(k.view(1, 1, 1, 8), key_position).flatten()
 
     torch.testing.assert_close(score(5, 2), score(9, 6))
     assert not torch.allclose(score(5, 2), score(5, 3))

@@ -60,9 +60,9 @@ class RotaryEmbedding(nn.Module):
     Pairing each channel with the one half a head away (as GPT-NeoX and LLaMA do), rather than with its
     neighbour (2i, 2i+1), makes the turn element-wise products on the two contiguous halves, which
     torch.compile fuses into the copies around attention. The neighbour pairing, written as one matrix
-    product per position, measured 2.6 % slower per default training step (two models alternating in one
-    process, 8 rounds: 213.6 against 208.1 ms); the two pairings are the same model up to an order of
-    the query and key channels, so the change only asks for a new checkpoint format.
+    product per position, made the default training step slower (two models alternating in one process,
+    8 rounds: median 217.9 against 208.1 ms, each round's ratio median 0.974). The two pairings are the
+    same model up to an order of the query and key channels; only checkpoints tell them apart.
 
     For one token (``TinyTransformer.decode``) the same turn is one (hd, hd) matrix R_p, precomputed for
     every position: a single small matrix product keeps the decoding step short.
