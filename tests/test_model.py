@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from src.config import load_config
-from src.model.transformer import INIT_STD, KVCache, ModelShape, RotaryEmbedding, TinyTransformer
+from src.model.transformer import INIT_STD, Decoder, KVCache, ModelShape, RotaryEmbedding, TinyTransformer
 from tests.conftest import REPO_ROOT
 
 SHAPE = ModelShape(vocab_size=97, n_layers=2, n_heads=4, d_model=32, d_ff=64, dropout=0.0, context_length=24)
@@ -77,15 +77,17 @@ def test_decoding_one_token_at_a_time_gives_the_full_forward_pass(model):
     with torch.no_grad():
         tokens = torch.randint(0, SHAPE.vocab_size, (1, SHAPE.context_length))
         full = model(tokens)[0]  # (T, V)
-        cache = KVCache(SHAPE, 1, torch.float32, torch.device("cpu"))
-        model(tokens[:, :5], cache)  # a prompt, then one token at a time up to the full context
-        steps = torch.stack([model.decode(int(tokens[0, t]), cache) for t in range(5, SHAPE.context_length)])
-    torch.testing.assert_close(steps, full[5:], rtol=1e-5, atol=1e-5)
-    assert cache.length == SHAPE.context_length
+        decoder = Decoder(model)
+        prompt = decoder.prefill(tokens[0, :5].tolist())  # a prompt, then one token at a time up to the full context
+        steps = torch.stack([prompt] + [decoder.step(int(tokens[0, t])) for t in range(5, SHAPE.context_length)])
+    torch.testing.assert_close(steps, full[4:], rtol=1e-5, atol=1e-5)
+    assert decoder.cache.length == SHAPE.context_length
     with pytest.raises(ValueError, match="the cache is full: 24 tokens"):
-        model.decode(0, cache)
-    with pytest.raises(ValueError, match="batch size 1, got 2"):
-        model.decode(0, KVCache(SHAPE, 2, torch.float32, torch.device("cpu")))
+        decoder.step(0)
+    with torch.no_grad():  # a new prefill starts over
+        torch.testing.assert_close(decoder.prefill(tokens[0, :3].tolist()), full[2], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(decoder.step(int(tokens[0, 3])), full[3], rtol=1e-5, atol=1e-5)
+    assert decoder.cache.length == 4
 
 
 def test_decoding_uses_the_layers_biases():
@@ -95,8 +97,8 @@ def test_decoding_uses_the_layers_biases():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)  # nonzero biases and LayerNorm affine parameters
         tokens = torch.randint(0, SHAPE.vocab_size, (1, 3))
-        cache = KVCache(SHAPE, 1, torch.float32, torch.device("cpu"))
-        steps = torch.stack([model.decode(int(t), cache) for t in tokens[0]])
+        decoder = Decoder(model)
+        steps = torch.stack([decoder.step(int(t)) for t in tokens[0]])
         torch.testing.assert_close(steps, model(tokens)[0], rtol=1e-5, atol=1e-5)
 
 

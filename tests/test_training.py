@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from torch.profiler import profile
 
 from src.config import ModelConfig, TrainConfig
 from src.data.dataset import SplitStats, TokenSplit, write_token_dataset
-from src.model.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from src.model.checkpoint import CheckpointError, code_digest, load_checkpoint, load_model, save_checkpoint
 from src.model.transformer import ModelShape, TinyTransformer
 from src.training.trainer import TrainingDiverged, evaluate, precision_context, train
 
@@ -163,6 +164,26 @@ def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path):
         save_checkpoint(path, {"epoch": 2, "cannot be pickled": lambda: None})
     assert load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_the_code_digest_is_the_same_in_every_clone_and_covers_single_files(tmp_path):
+    def clone(name: str) -> tuple[Path, Path]:
+        package, module = tmp_path / name / "src" / "model", tmp_path / name / "src" / "dataset.py"
+        package.mkdir(parents=True)
+        (package / "transformer.py").write_text("WIDTH = 128\n")
+        (package / "notes.txt").write_text("not code")
+        module.write_text("WINDOW = 128\n")
+        return package, module
+
+    first, second = clone("here"), clone("elsewhere")
+    assert code_digest(*first) == code_digest(*second)
+    (second[0] / "notes.txt").write_text("other notes")
+    assert code_digest(*first) == code_digest(*second)
+    second[1].write_text("WINDOW = 64\n")
+    assert code_digest(*first) != code_digest(*second)
+    second[1].write_text("WINDOW = 128\n")
+    (second[0] / "transformer.py").rename(second[0] / "model.py")
+    assert code_digest(*first) != code_digest(*second)
 
 
 def test_evaluation_scores_every_validation_token_once(data):

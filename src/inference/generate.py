@@ -1,7 +1,7 @@
 """Autoregressive generation with a KV cache, timing every token.
 
-The prompt is fed once (prefill); each new token then costs one ``TinyTransformer.decode`` step over
-the cached keys and values. When the context is full, the cache is rebuilt from the most recent half.
+The prompt is fed once (prefill); each new token then costs one ``Decoder.step`` over the cached keys
+and values. When the context is full, the cache is rebuilt from the most recent half.
 
 A one-token step is a chain of tiny matrix-vector products, where fixed costs per operation dominate:
 measured on the default model (2-core AVX-512 CPU, one thread), PyTorch's own kernels take a decoding
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from src.model.transformer import KVCache, TinyTransformer
+from src.model.transformer import Decoder, TinyTransformer
 
 
 @dataclass(frozen=True)
@@ -55,11 +55,6 @@ def next_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Genera
     return choice if ids is None else int(ids[choice])
 
 
-def last_logits(model: TinyTransformer, ids: list[int], cache: KVCache) -> torch.Tensor:
-    """Feed ``ids`` through the model (extending ``cache``); the (V,) logits after the last one."""
-    return model.head(model.hidden(torch.tensor([ids]), cache)[0, -1])
-
-
 @contextlib.contextmanager
 def _without_onednn() -> Iterator[None]:
     enabled = torch.backends.mkldnn.enabled
@@ -81,10 +76,10 @@ def generate(model: TinyTransformer, prompt_ids: list[int], max_new_tokens: int,
     history = list(prompt_ids)
     new_ids: list[int] = []
     times = GenerationTimes()
-    cache = KVCache(model.shape, 1, next(model.parameters()).dtype, next(model.parameters()).device)
+    decoder = Decoder(model)
 
     started = time.perf_counter()
-    logits = last_logits(model, history[-(context - 1):], cache)
+    logits = decoder.prefill(history[-(context - 1):])
     while len(new_ids) < max_new_tokens:
         token = next_token(logits, sampling, generator)
         now = time.perf_counter()
@@ -99,9 +94,8 @@ def generate(model: TinyTransformer, prompt_ids: list[int], max_new_tokens: int,
         if len(new_ids) == max_new_tokens:
             break
         started = time.perf_counter()
-        if cache.length == context:
-            cache.length = 0  # full: re-read the most recent half of the text into a fresh cache
-            logits = last_logits(model, history[-(context // 2):], cache)
+        if decoder.cache.length == context:  # full: re-read the most recent half of the text
+            logits = decoder.prefill(history[-(context // 2):])
         else:
-            logits = model.decode(token, cache)
+            logits = decoder.step(token)
     return new_ids, times

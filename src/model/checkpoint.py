@@ -35,12 +35,13 @@ def file_digest(*paths: Path) -> str:
     return digest.hexdigest()
 
 
-def code_digest(*packages: Path) -> str:
-    """Hash of every Python file in ``packages``: the code version a checkpoint was made with."""
+def code_digest(*sources: Path) -> str:
+    """Hash of the Python files in ``sources`` (packages or single files): the code version a checkpoint was
+    made with. Files are named relative to their source's parent, so every clone of the code agrees."""
     digest = hashlib.sha256()
-    for package in packages:
-        for file in sorted(Path(package).rglob("*.py")):
-            digest.update(file.as_posix().encode() + b"\0" + file.read_bytes())
+    for source in map(Path, sources):
+        for file in sorted(source.rglob("*.py")) if source.is_dir() else [source]:
+            digest.update(file.relative_to(source.parent).as_posix().encode() + b"\0" + file.read_bytes())
     return digest.hexdigest()
 
 
