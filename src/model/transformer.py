@@ -248,9 +248,9 @@ class Decoder:
     ``prefill`` reads a prompt through ``forward``; each ``step`` then takes one token to the next logits
     with matrix-vector products on the model's tensors, which are looked up once, here. A step is ~100
     tiny operations whose fixed costs outweigh their arithmetic, and module calls and attribute lookups
-    at every token added 0.19-0.23 ms to it. Default model, one thread, this step and the modules' own
+    at every token added 0.16-0.23 ms to it. Default model, one thread, this step and the modules' own
     one-token methods alternating token by token in one process, eight rounds of 1,200 tokens on a busy
-    machine: median 1.32-1.65 against 1.49-1.87 ms (each token's ratio: median 0.87-0.90).
+    machine: median 1.41-1.65 against 1.53-1.87 ms (each token's ratio: median 0.87-0.89).
     """
 
     def __init__(self, model: TinyTransformer):
