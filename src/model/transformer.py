@@ -250,7 +250,7 @@ class Decoder:
     tiny operations whose fixed costs outweigh their arithmetic, and module calls and attribute lookups
     at every token added 0.16-0.23 ms to it. Default model, one thread, this step and the modules' own
     one-token methods alternating token by token in one process, eight rounds of 1,200 tokens on a busy
-    machine: median 1.41-1.65 against 1.53-1.87 ms (each token's ratio: median 0.87-0.89).
+    machine: median 1.37-1.65 against 1.53-1.87 ms (each token's ratio: median 0.87-0.89).
     """
 
     def __init__(self, model: TinyTransformer):
