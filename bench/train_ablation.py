@@ -8,9 +8,10 @@ choice of attention kernel, `torch.optim.AdamW`'s for-each loop) and adds, in tu
 fused AdamW, `torch.compile`, the fused chunked head + loss (`src/model/loss.py`), SDPA's math kernel for
 CPU training, that kernel's matrix products kept in bf16, and the allocator keeping freed memory
 (`src/training/allocator.py`); the last is the project's step as the train stage runs it. A final
-variant flips `model.dropout` (0 <-> 0.1) to show what dropout costs. The attention kernel and its
-precision are switched by replacing the project's private choices for the variants before theirs: this
-is a measurement, not a way to train. The allocator setting cannot be undone, so it comes last.
+variant flips `model.dropout` (0 <-> 0.1) to show what dropout costs. The attention kernel is the
+training step's `training_attention`; its precision is switched off, for the variants before it, by
+replacing the project's private switch: this is a measurement, not a way to train. The allocator
+setting cannot be undone, so it comes last.
 """
 
 from __future__ import annotations
@@ -29,11 +30,10 @@ import torch.nn.functional as F
 
 from bench.train_throughput import batches
 from src.config import load_config
-from src.model import transformer
 from src.model.transformer import ModelShape, TinyTransformer
 from src.training import trainer
 from src.training.allocator import keep_freed_memory
-from src.training.trainer import make_optimizer, precision_context
+from src.training.trainer import make_optimizer, precision_context, training_attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,15 +81,15 @@ def time_variant(variant: Variant, shape: ModelShape, cfg, data: list[tuple], wa
     objective = torch.compile(loss_of) if variant.compile else loss_of
     if variant.keep_freed_memory:
         keep_freed_memory()
-    kernel = (contextlib.nullcontext() if variant.math_attention
-              else mock.patch.object(transformer, "_attention_kernel", lambda device: contextlib.nullcontext()))
+    cpu = torch.device("cpu")
     attention_precision = (contextlib.nullcontext() if variant.bf16_attention
                            else mock.patch.object(trainer, "bf16_math_attention", contextlib.nullcontext))
-    with kernel, attention_precision:
+    with attention_precision:
         for index, (inputs, targets) in enumerate(data):
             if index == warmup:
                 started = time.perf_counter()
-            with precision_context(variant.precision):
+            kernel = training_attention(cpu) if variant.math_attention else contextlib.nullcontext()
+            with kernel, precision_context(variant.precision):
                 loss = objective(inputs, targets)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)

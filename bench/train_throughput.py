@@ -5,8 +5,9 @@
 Both run the default model shape from params.yaml on the same batches (windows of the real token data
 when `data/tokens/train.bin` exists, else random ids), alternating in rounds so that the machine's
 noise hits both alike. The project's step is `src.training.trainer.make_train_step` with the params'
-precision and compile settings; the reference is the same model in fp32, eager, with
-`torch.optim.AdamW`'s default implementation and `F.cross_entropy` over the full fp32 logits.
+precision and compile settings; the reference is the same model in fp32, eager, with PyTorch's own choice
+of attention kernel, `torch.optim.AdamW`'s default implementation and `F.cross_entropy` over the full
+fp32 logits.
 
 The train stage also tells the C allocator to keep freed memory (`src/training/allocator.py`). That is
 a setting of the whole process, which a plain PyTorch program would not have: by default neither
@@ -51,7 +52,10 @@ def batches(vocab_size: int, batch_size: int, length: int, count: int, seed: int
 
 def reference_step(model: TinyTransformer, optimizer: torch.optim.Optimizer,
                    scheduler: torch.optim.lr_scheduler.LRScheduler, grad_clip: float):
-    """The textbook fp32 eager step: full logits, ``F.cross_entropy``, backward, clip, AdamW."""
+    """The textbook fp32 eager step: full logits, ``F.cross_entropy``, backward, clip, AdamW.
+
+    Nothing of the project's step applies: not its attention kernel (``training_attention``), which would
+    make this step slower than a plain one (eager fp32 prefers PyTorch's default kernel here)."""
 
     def step(inputs: torch.Tensor, targets: torch.Tensor) -> float:
         logits = model(inputs)

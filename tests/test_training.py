@@ -16,7 +16,9 @@ from src.config import ModelConfig, TrainConfig
 from src.data.dataset import SplitStats, TokenSplit, write_token_dataset
 from src.model.checkpoint import CheckpointError, code_digest, load_checkpoint, load_model, save_checkpoint
 from src.model.transformer import ModelShape, TinyTransformer
-from src.training.trainer import TrainingDiverged, evaluate, precision_context, train
+from src.training.schedule import warmup_cosine
+from src.training.trainer import (TrainingDiverged, evaluate, make_optimizer, make_train_step, precision_context,
+                                  train)
 
 VOCAB = 40
 MODEL = ModelConfig(n_layers=1, n_heads=2, d_model=16, d_ff=32, dropout=0.1, context_length=16)
@@ -229,3 +231,23 @@ def test_bf16_precision_keeps_the_math_attention_kernel_in_bf16(precision, upcas
     assert bool(casts) == upcast
     assert out.dtype == torch.bfloat16
     assert torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed() == before
+
+
+def attention_kernels(run_step) -> set[str]:
+    """The SDPA kernels, by their ATen names, that ``run_step()`` calls."""
+    with profile() as prof:
+        run_step()
+    return {e.name for e in prof.events() if e.name.startswith("aten::_scaled_dot_product")}
+
+
+def test_the_training_step_chooses_the_math_attention_kernel_and_the_model_keeps_pytorchs_choice():
+    """On a CPU, the training step runs SDPA's math kernel; the model on its own (evaluation, generation,
+    the benchmark's plain reference) runs the kernel PyTorch picks: without dropout, its CPU flash kernel."""
+    torch.manual_seed(0)
+    model = TinyTransformer(ModelShape.from_config(dataclasses.replace(MODEL, dropout=0.0), VOCAB)).train()
+    optimizer = make_optimizer(model, TRAIN)
+    step = make_train_step(model, optimizer, warmup_cosine(optimizer, 5, 100, 0.1), TRAIN)
+    inputs = torch.randint(0, VOCAB, (4, 16))
+    assert attention_kernels(lambda: step(inputs, inputs)) == {"aten::_scaled_dot_product_attention_math"}
+    flash = "aten::_scaled_dot_product_flash_attention_for_cpu"
+    assert attention_kernels(lambda: model.loss(inputs, inputs).backward()) == {flash, flash + "_backward"}

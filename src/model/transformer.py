@@ -7,7 +7,8 @@
 
 Positions are rotary (RoPE): queries and keys are rotated by an angle that grows with the position,
 so attention scores depend on relative distance, and no position table limits the model's length.
-Attention is causal and runs through ``torch.nn.functional.scaled_dot_product_attention``.
+Attention is causal and runs through ``torch.nn.functional.scaled_dot_product_attention``, with the
+kernel PyTorch chooses; the training step chooses its own (``src.training.trainer.training_attention``).
 
 Generation feeds one token at a time through a ``Decoder``: the same function as ``forward`` for that
 token, written with matrix-vector products on the model's tensors.
@@ -19,7 +20,6 @@ so the residual's variance does not grow with depth; biases 0, LayerNorm gain 1.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -27,7 +27,6 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from src.config import ModelConfig
 from src.model.loss import linear_cross_entropy
@@ -110,19 +109,6 @@ class KVCache:
         return keys.narrow(2, 0, self.length + t), values.narrow(2, 0, self.length + t)
 
 
-def _attention_kernel(device: torch.device) -> contextlib.AbstractContextManager:
-    """SDPA's math kernel when training on a CPU, PyTorch's choice otherwise.
-
-    PyTorch's CPU flash-attention kernel has a slow backward at this head width (B=32 H=4 T=128
-    hd=32): the default training step under bf16 autocast measured 304 ms with it and 235 ms with the
-    math kernel's plain matrix products, which torch.compile fuses with the softmax around them
-    (eager: 358 ms and 293 ms).
-    """
-    if device.type == "cpu" and torch.is_grad_enabled():
-        return sdpa_kernel(SDPBackend.MATH)
-    return contextlib.nullcontext()
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, shape: ModelShape):
         super().__init__()
@@ -143,9 +129,7 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.append(layer, k, v)
         # A prompt (t > 1) is causal within itself; a single new token may see every cached one.
         # Prompts are only ever fed into an empty cache, so "causal" is exact there too.
-        with _attention_kernel(x.device):
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1,
-                                               dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1, dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(b, t, d))
 
 
