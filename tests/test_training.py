@@ -95,7 +95,10 @@ def test_a_checkpoint_of_another_recipe_is_set_aside_not_resumed(data, tmp_path,
         result = run(data, checkpoints, changed)
     assert result.resumed_from_epoch == 0
     assert "made with different params" in caplog.text and "training starts fresh" in caplog.text
-    assert (checkpoints / "set_aside" / "last.pt").is_file()  # kept, never deleted
+    first = (checkpoints / "set_aside" / "last.pt").read_bytes()  # kept, never deleted
+    run(data, checkpoints, dataclasses.replace(changed, learning_rate=0.03))
+    assert (checkpoints / "set_aside" / "last.pt").read_bytes() == first  # nor replaced by the next one
+    assert load_checkpoint(checkpoints / "set_aside" / "last.1.pt")["epoch"] == 1
 
 
 def test_bookkeeping_params_do_not_change_the_recipe(data, tmp_path):

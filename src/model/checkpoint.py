@@ -91,9 +91,14 @@ def export_model(checkpoint: Path, target: Path) -> None:
     save_checkpoint(target, {k: v for k, v in state.items() if k not in ("format", *TRAINING_ONLY)})
 
 
-def set_aside(path: Path, reason: str) -> Path:
-    """Move a checkpoint that must not be used into ``set_aside/`` beside it; never delete it."""
-    target = path.parent / "set_aside" / path.name
-    target.parent.mkdir(parents=True, exist_ok=True)
+def set_aside(path: Path) -> Path:
+    """Move a checkpoint that must not be used into ``set_aside/`` beside it; never delete it, nor one set
+    aside before under the same name (``last.pt``, then ``last.1.pt``, ``last.2.pt``, ...)."""
+    folder = path.parent / "set_aside"
+    folder.mkdir(parents=True, exist_ok=True)
+    target, earlier = folder / path.name, 0
+    while target.exists():
+        earlier += 1
+        target = folder / f"{path.stem}.{earlier}{path.suffix}"
     os.replace(path, target)
     return target

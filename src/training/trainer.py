@@ -208,12 +208,12 @@ def _resume_point(checkpoint_dir: Path, expected: dict[str, str]) -> dict[str, A
         try:
             state = load_checkpoint(path)
         except CheckpointError as exc:
-            log.warning("%s; set aside to %s", exc, set_aside(path, "unreadable"))
+            log.warning("%s; set aside to %s", exc, set_aside(path))
             continue
         if state.get("fingerprint") != expected:
             changed = [k for k in expected if state.get("fingerprint", {}).get(k) != expected[k]]
             log.warning("checkpoint %s was made with different %s; set aside to %s, training starts fresh",
-                        path, ", ".join(changed), set_aside(path, "fingerprint"))
+                        path, ", ".join(changed), set_aside(path))
             continue
         if best is None or state["epoch"] > best["epoch"]:
             best = state
@@ -247,7 +247,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         if fresh:
             for path in sorted(checkpoint_dir.glob("*.pt")):
-                log.info("fresh start: %s set aside to %s", path, set_aside(path, "fresh"))
+                log.info("fresh start: %s set aside to %s", path, set_aside(path))
         resume = _resume_point(checkpoint_dir, stamp)
     workers.barrier()
     if not workers.is_main:
