@@ -1,7 +1,8 @@
 """Autoregressive generation with a KV cache, timing every token.
 
-The prompt is fed once (prefill); each new token then costs one ``Decoder.step`` over the cached keys
-and values. When the context is full, the cache is rebuilt from the most recent half.
+The prompt (its last ``context_length`` tokens) is fed once (prefill); each new token then costs one
+``Decoder.step`` over the cached keys and values. Past the context the cache slides, so every token
+sees the ``context_length - 1`` before it and no token waits for the prompt to be read again.
 
 A one-token step is a chain of tiny matrix-vector products, where fixed costs per operation dominate:
 measured on the default model (2-core AVX-512 CPU, one thread), PyTorch's own kernels take a decoding
@@ -72,14 +73,12 @@ def generate(model: TinyTransformer, prompt_ids: list[int], max_new_tokens: int,
     """Up to ``max_new_tokens`` ids following ``prompt_ids`` (stopping early at ``stop_id``)."""
     if not prompt_ids:
         raise ValueError("the prompt encodes to no tokens")
-    context = model.shape.context_length
-    history = list(prompt_ids)
     new_ids: list[int] = []
     times = GenerationTimes()
     decoder = Decoder(model)
 
     started = time.perf_counter()
-    logits = decoder.prefill(history[-(context - 1):])
+    logits = decoder.prefill(prompt_ids)
     while len(new_ids) < max_new_tokens:
         token = next_token(logits, sampling, generator)
         now = time.perf_counter()
@@ -90,12 +89,8 @@ def generate(model: TinyTransformer, prompt_ids: list[int], max_new_tokens: int,
         if token == stop_id:
             break
         new_ids.append(token)
-        history.append(token)
         if len(new_ids) == max_new_tokens:
             break
         started = time.perf_counter()
-        if decoder.cache.length == context:  # full: re-read the most recent half of the text
-            logits = decoder.prefill(history[-(context // 2):])
-        else:
-            logits = decoder.step(token)
+        logits = decoder.step(token)
     return new_ids, times
