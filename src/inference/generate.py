@@ -2,7 +2,7 @@
 
 The prompt (its last ``context_length`` tokens) is fed once (prefill); each new token then costs one
 ``Decoder.step`` over the cached keys and values. Past the context the cache slides, so every token
-sees the ``context_length - 1`` before it and no token waits for the prompt to be read again.
+sees the ``context_length - 1`` before it and no token waits for the text to be read again.
 
 A one-token step is a chain of tiny matrix-vector products, where fixed costs per operation dominate:
 measured on the default model (2-core AVX-512 CPU, one thread), PyTorch's own kernels take a decoding
