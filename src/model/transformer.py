@@ -111,7 +111,6 @@ class KVCache:
         self.keys = [torch.zeros(size, dtype=dtype, device=device) for _ in range(shape.n_layers)]
         self.values = [torch.zeros(size, dtype=dtype, device=device) for _ in range(shape.n_layers)]
         self.length = 0  # tokens cached so far
-        self.capacity = shape.context_length
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's (B, H, t, hd) keys/values; return all cached ones for ``layer``."""
@@ -269,8 +268,8 @@ class Decoder:
                                      b.mlp.down.weight, b.mlp.down.bias) for b in model.blocks]
         self.norm = (model.norm.weight, model.norm.bias)
         self.position = 0  # tokens read since the prefill: the next token's position
-        self.rotations_start = 0  # self.rotations holds R_p for p in rotations_start.. + context_length - 1
-        self.rotations = self.rope.rotation_matrices(0, self.context_length)  # (P, hd, hd)
+        # R_p for the positions of one window, window x P .. window x P + P - 1: the cache slot's index picks it.
+        self.rotations_window, self.rotations = 0, self.rope.rotation_matrices(0, self.context_length)  # (P, hd, hd)
 
     def prefill(self, ids: list[int]) -> torch.Tensor:
         """Forget the cache and read the last ``context_length`` of ``ids`` into it; the (V,) next-token logits."""
@@ -284,10 +283,11 @@ class Decoder:
     def step(self, token: int) -> torch.Tensor:
         """The (V,) next-token logits after one more ``token``, which the cache then holds."""
         cache, position, context = self.cache, self.position, self.context_length
-        if not 0 <= position - self.rotations_start < context:  # the next window: once per context_length tokens
-            self.rotations_start, self.rotations = position, self.rope.rotation_matrices(position, context)
-        rotation = self.rotations[position - self.rotations_start]  # (hd, hd)
-        slot, seen = position % context, min(position + 1, context)  # where this token goes; tokens attended
+        window, slot = divmod(position, context)  # slot: where this token goes in the cache
+        if window != self.rotations_window:  # once per context_length tokens
+            self.rotations_window, self.rotations = window, self.rope.rotation_matrices(window * context, context)
+        rotation = self.rotations[slot]  # (hd, hd)
+        seen = min(position + 1, context)  # tokens attended
         h, hd = self.n_heads, self.head_dim
         d = h * hd
         x = self.embedding[token]  # (D,)
