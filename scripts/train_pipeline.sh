@@ -9,7 +9,9 @@ usage() {
   cat <<'EOF'
 Usage: ./scripts/train_pipeline.sh [options]
 
-Runs download -> tokenize -> train -> validate through DVC and prints a summary.
+Runs download -> tokenize -> train -> validate through DVC and prints a summary. Every option and
+params.yaml are checked before DVC starts; when a stage fails, the outputs DVC removed before running it
+are put back from its cache (python -m src.pipeline.restore STAGE).
 
 Options:
   --corpus-url URL|DIR    take the books from this mirror (sets TT_CORPUS_MIRROR)
@@ -39,7 +41,7 @@ cd "$(dirname "$0")/.." || exit "$EXIT_PREREQUISITES"
 [ -x .venv/bin/python ] && PATH="$PWD/.venv/bin:$PATH"
 export DVC_NO_ANALYTICS="${DVC_NO_ANALYTICS:-1}"
 
-overrides=() start_stage="" resume=0 output_dir=""
+overrides=() start_stage="" resume=0 output_dir="" mirror="" vocab_override=0
 need_value() { [ $# -ge 2 ] && [ -n "$2" ] || fail "$EXIT_PREREQUISITES" "$1 needs a value (see --help)"; }
 integer() { [[ "$2" =~ ^[0-9]+$ ]] || fail "$EXIT_PREREQUISITES" "$1 expects a whole number, got '$2'"; }
 number() { [[ "$2" =~ ^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$ ]] || fail "$EXIT_PREREQUISITES" "$1 expects a number, got '$2'"; }
@@ -47,8 +49,8 @@ number() { [[ "$2" =~ ^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$ ]] || fail "$EXIT_PRER
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit "$EXIT_OK" ;;
-    --corpus-url) need_value "$@"; export TT_CORPUS_MIRROR="$2"; shift ;;
-    --vocab-size) need_value "$@"; integer "$1" "$2"; overrides+=("vocab_size=$2"); shift ;;
+    --corpus-url) need_value "$@"; mirror="$2"; shift ;;
+    --vocab-size) need_value "$@"; integer "$1" "$2"; overrides+=("vocab_size=$2"); vocab_override=1; shift ;;
     --epochs) need_value "$@"; integer "$1" "$2"; overrides+=("epochs=$2"); shift ;;
     --batch-size) need_value "$@"; integer "$1" "$2"; overrides+=("batch_size=$2"); shift ;;
     --learning-rate) need_value "$@"; number "$1" "$2"; overrides+=("learning_rate=$2"); shift ;;
@@ -62,11 +64,26 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-# --- Prerequisites --------------------------------------------------------------------------
+# --- Prerequisites: everything that can be checked is checked before DVC removes any output ----
 command -v python >/dev/null || fail "$EXIT_PREREQUISITES" "python not found: run 'make setup' first"
 command -v dvc >/dev/null || fail "$EXIT_PREREQUISITES" "dvc not found: run 'make setup' first"
 git rev-parse --git-dir >/dev/null 2>&1 || fail "$EXIT_PREREQUISITES" "not inside a git repository (DVC needs one)"
 [ -f params.yaml ] && [ -f dvc.yaml ] || fail "$EXIT_PREREQUISITES" "params.yaml or dvc.yaml missing in $PWD"
+if [ -n "$start_stage" ] && [ -n "$mirror" ]; then
+  fail "$EXIT_PREREQUISITES" "--corpus-url has no effect with --skip-corpus or --skip-tokenizer (the corpus is kept)"
+fi
+if [ "$start_stage" = train ] && [ "$vocab_override" -eq 1 ]; then
+  fail "$EXIT_PREREQUISITES" "--vocab-size changes the tokenizer, which --skip-tokenizer keeps: use one or the other"
+fi
+check=(python -m src.pipeline.check_params)
+for kv in "${overrides[@]}"; do check+=(--set "$kv"); done
+[ -n "$mirror" ] && check+=(--mirror "$mirror")
+"${check[@]}" || exit "$EXIT_PREREQUISITES"
+[ -n "$mirror" ] && export TT_CORPUS_MIRROR="$mirror"
+if [ -n "$output_dir" ]; then
+  { mkdir -p -- "$output_dir" 2>/dev/null && [ -d "$output_dir" ] && [ -w "$output_dir" ]; } \
+    || fail "$EXIT_PREREQUISITES" "--output-dir $output_dir is not a directory this user can write to"
+fi
 if [ -n "$start_stage" ]; then
   required=(data/corpus_bilingual.txt data/corpus_index.json)
   [ "$start_stage" = train ] && required+=(data/tokenizer.model data/tokens/train.bin data/tokens/validation.bin)
@@ -78,7 +95,7 @@ fi
 # --- Run ------------------------------------------------------------------------------------
 phase_of() {
   case "$1" in
-    download) echo "Phase 1/4: Corpus" ;; tokenize) echo "Phase 2/4: Tokenizer" ;;
+    check_params) echo "Checking params" ;; download) echo "Phase 1/4: Corpus" ;; tokenize) echo "Phase 2/4: Tokenizer" ;;
     train) echo "Phase 3/4: Training" ;; validate) echo "Phase 4/4: Validation" ;; *) echo "$1" ;;
   esac
 }
@@ -103,9 +120,9 @@ trap 'rm -f "$log"' EXIT
 echo "==> ${command[*]}"
 started=$SECONDS
 "${command[@]}" 2>&1 | tee "$log" | while IFS= read -r line; do
-  if [[ "$line" =~ ^Running\ stage\ \'([a-z]+)\' ]]; then
+  if [[ "$line" =~ ^Running\ stage\ \'([a-z_]+)\' ]]; then
     echo "==> $(phase_of "${BASH_REMATCH[1]}") (stage '${BASH_REMATCH[1]}')"
-  elif [[ "$line" =~ ^Stage\ \'([a-z]+)\'\ (didn\'t\ change|is\ cached) ]]; then
+  elif [[ "$line" =~ ^Stage\ \'([a-z_]+)\'\ (didn\'t\ change|is\ cached) ]]; then
     echo "==> $(phase_of "${BASH_REMATCH[1]}"): up to date, nothing to do"
   fi
   echo "$line"
@@ -113,16 +130,17 @@ done
 status=${PIPESTATUS[0]}
 
 if [ "$status" -ne 0 ]; then
-  failed=$(sed -n "s/.*failed to reproduce '\([a-z]*\)'.*/\1/p" "$log" | head -n 1)
-  stage_code=$(sed -n "s/.*failed to reproduce '[a-z]*'.*exited with \([0-9]*\).*/\1/p" "$log" | head -n 1)
+  failed=$(sed -n "s/.*failed to reproduce '\([a-z_]*\)'.*/\1/p" "$log" | head -n 1)
+  stage_code=$(sed -n "s/.*failed to reproduce '[a-z_]*'.*exited with \([0-9]*\).*/\1/p" "$log" | head -n 1)
   if [[ "$stage_code" =~ ^[1-5]$ ]]; then code=$stage_code; else code=$(code_of "$failed"); fi
   echo "==> FAILED in $(phase_of "${failed:-dvc}") after $((SECONDS - started)) s (exit $code)" >&2
+  # DVC removed the failed stage's outputs before running it: put back the last good ones (dvc.lock).
+  [ -n "$failed" ] && python -m src.pipeline.restore "$failed"
   exit "$code"
 fi
 
 # --- Summary --------------------------------------------------------------------------------
 if [ -n "$output_dir" ]; then
-  mkdir -p "$output_dir" || fail "$EXIT_PREREQUISITES" "cannot create $output_dir"
   cp data/best_model.pt data/final_model.pt data/tokenizer.model data/tokenizer.vocab metrics/*.json "$output_dir"/ \
     || fail "$EXIT_PREREQUISITES" "copying the artifacts to $output_dir failed"
 fi

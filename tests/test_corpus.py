@@ -1,6 +1,6 @@
 import pytest
 
-from src.data.corpus import BookSpan, assemble, part_text, read_index, split_books, write_index
+from src.data.corpus import assemble, part_text, read_index, split_books, write_index
 from src.pipeline.download import corpus_metrics
 
 BOOKS = [("one", "en", "First line.\nSecond line.\nThird line ends.\n\nLast paragraph here."),

@@ -14,6 +14,7 @@ DVC_YAML = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
 
 # stage name -> (module, the function that does the stage's work)
 STAGES = {
+    "check_params": ("src.pipeline.check_params", "check_params"),
     "download": ("src.pipeline.download", "download"),
     "tokenize": ("src.pipeline.tokenize", "tokenize"),
     "train": ("src.pipeline.train", "run_train"),
@@ -23,12 +24,13 @@ STAGES = {
 RUNS = {"validate": ["src.cli.minimal_llm"]}
 
 OUTS = {
+    "check_params": [paths.PARAMS_CHECKED],
     "download": [paths.RAW_DIR, paths.CORPUS_FILE, paths.CORPUS_INDEX_FILE],
     "tokenize": [paths.TOKENIZER_MODEL, paths.TOKENIZER_VOCAB, paths.TOKENS_DIR],
     "train": [paths.CHECKPOINT_DIR, paths.BEST_MODEL, paths.FINAL_MODEL, paths.TRAINING_METRICS, paths.TRAIN_PLOT],
     "validate": [paths.SAMPLES],
 }
-METRICS = {"download": [paths.CORPUS_METRICS], "tokenize": [paths.TOKENIZER_METRICS],
+METRICS = {"check_params": [], "download": [paths.CORPUS_METRICS], "tokenize": [paths.TOKENIZER_METRICS],
            "train": [paths.TRAIN_METRICS], "validate": [paths.VALIDATE_METRICS]}
 
 
@@ -40,7 +42,13 @@ def test_every_stage_is_checked():
 def test_declared_params_are_the_params_the_stage_reads(stage):
     module, function = STAGES[stage]
     reads = params_keys(*sections_read_by(getattr(importlib.import_module(module), function)))
-    assert sorted(DVC_YAML[stage]["params"]) == sorted(reads)
+    assert sorted(DVC_YAML[stage].get("params", [])) == sorted(reads)
+
+
+def test_params_are_checked_before_any_stage_runs():
+    """check_params reads params.yaml as a file (any edit re-runs it), and the first data stage depends on it."""
+    assert "params.yaml" in DVC_YAML["check_params"]["deps"]
+    assert str(paths.PARAMS_CHECKED) in DVC_YAML["download"]["deps"]
 
 
 def project_imports(module: str) -> set[str]:
@@ -78,5 +86,5 @@ def test_the_stage_runs_its_module_and_depends_on_exactly_its_code(stage):
 def test_outs_and_metrics_are_the_paths_the_code_writes(stage):
     spec = DVC_YAML[stage]
     assert [o if isinstance(o, str) else next(iter(o)) for o in spec["outs"]] == [str(p) for p in OUTS[stage]]
-    assert [next(iter(m)) for m in spec["metrics"]] == [str(p) for p in METRICS[stage]]
-    assert all(next(iter(m.values()))["cache"] is False for m in spec["metrics"])
+    assert [next(iter(m)) for m in spec.get("metrics", [])] == [str(p) for p in METRICS[stage]]
+    assert all(next(iter(m.values()))["cache"] is False for m in spec.get("metrics", []))

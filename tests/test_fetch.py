@@ -1,4 +1,6 @@
 import hashlib
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,8 @@ URL = "https://www.gutenberg.org/cache/epub/11/pg11.txt"
 
 
 def policy(**changes):
-    return FetchPolicy(**{"timeout_s": 5.0, "retries": 2, "backoff_s": 0.0, "max_bytes": 10_000_000, **changes})
+    return FetchPolicy(**{"timeout_s": 5.0, "retries": 2, "backoff_s": 0.0, "max_bytes": 10_000_000,
+                          "max_seconds": 60.0, **changes})
 
 
 def sha(path: Path) -> str:
@@ -135,3 +138,57 @@ def test_unreachable_server_is_retried(tmp_path):
     with pytest.raises(DownloadError, match="cannot reach"):
         fetch_verified("http://127.0.0.1:9/pg11.txt", tmp_path / "x", "0" * 64, policy(retries=1), label="pg11",
                        sleep=lambda s: None)
+
+
+# --- what must never hang, follow, or leave anything behind ----------------------------------------------
+
+def test_a_server_that_drips_the_body_meets_the_deadline(book_server, tmp_path):
+    """200 bytes a second with a correct Content-Length: every read returns in time, the file never ends."""
+    book_server.mode = "drip"
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=r"pg11.txt: not done within 2 s \(corpus.max_download_s\)"):
+        fetch_verified(f"{book_server.url}/pg11.txt", tmp_path / "pg11.txt", "0" * 64,
+                       policy(timeout_s=1.0, max_seconds=2.0), label="pg11.txt")
+    assert time.monotonic() - started < 2.0 + 1.0 + 1.0  # the deadline, one read's timeout, slack
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_stalled_server_is_retried_only_until_the_deadline(book_server, tmp_path):
+    book_server.mode = "stall"
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="pg11.txt: giving up"):
+        fetch_verified(f"{book_server.url}/pg11.txt", tmp_path / "pg11.txt", "0" * 64,
+                       policy(timeout_s=0.5, retries=10, backoff_s=0.5, max_seconds=2.0), label="pg11.txt")
+    assert time.monotonic() - started < 2.0 + 0.5 + 1.0
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("target", ["ftp://127.0.0.1/pg11.txt", "file:///etc/passwd"])
+def test_a_redirect_may_only_lead_to_http(book_server, tmp_path, target):
+    book_server.mode, book_server.redirect_to = "redirect", target
+    with pytest.raises(DownloadError, match="only http\\(s\\) redirects are followed|Redirection to url .* is not allowed"):
+        fetch_verified(f"{book_server.url}/pg11.txt", tmp_path / "pg11.txt", "0" * 64, policy(), label="pg11.txt")
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_redirect_to_http_is_followed(book_server, shared_corpus, tmp_path):
+    expected = sha(shared_corpus / "pg11.txt")
+    assert fetch_verified(f"{book_server.url}/moved/pg11.txt", tmp_path / "pg11.txt", expected, policy(), label="pg11")
+    assert book_server.requests == ["/moved/pg11.txt", "/pg11.txt"]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_mirror_entry_that_is_not_a_regular_file_is_refused_at_once(tmp_path, kind):
+    entry = tmp_path / "mirror" / "pg11.txt"
+    entry.parent.mkdir()
+    os.mkfifo(entry) if kind == "fifo" else entry.mkdir()
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="is not a regular file|cannot be read"):
+        fetch_verified(str(entry), tmp_path / "pg11.txt", "0" * 64, policy(), label="pg11.txt")
+    assert time.monotonic() - started < 1.0
+    assert [p.name for p in tmp_path.iterdir()] == ["mirror"]  # no temporary file left either
+
+
+def test_an_http_mirror_needs_a_host():
+    with pytest.raises(DownloadError, match="an http\\(s\\) mirror needs a host"):
+        resolve_location(URL, "pg11.txt", "http://")

@@ -1,10 +1,15 @@
 """The data stages run as DVC runs them (`python -m ...`), with their documented exit codes."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
-from tests.conftest import run_module, write_params
+from tests.conftest import REPO_ROOT, run_module, write_params
 
 
 @pytest.fixture
@@ -74,4 +79,20 @@ def test_404_exits_2(workdir, book_server):
 
 def test_tokenize_without_a_corpus_exits_1(workdir):
     done = run_module("src.pipeline.tokenize", workdir)
-    assert done.returncode == 1 and "run `dvc repro download` first" in done.stderr
+    assert done.returncode == 1 and "run `dvc repro download` (or `dvc pull`) first" in done.stderr
+
+
+def test_sigterm_mid_download_exits_143_and_leaves_no_temporary_file(workdir, book_server):
+    book_server.mode = "stall"  # half of each book, then nothing
+    process = subprocess.Popen([sys.executable, "-m", "src.pipeline.download"], cwd=workdir,
+                               env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "TT_CORPUS_MIRROR": book_server.url},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    raw = workdir / "data/raw"
+    deadline = time.monotonic() + 30
+    while not (raw.is_dir() and any(p.name.endswith(".part") for p in raw.iterdir())):
+        assert time.monotonic() < deadline and process.poll() is None, "the download never started"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, errors = process.communicate(timeout=30)
+    assert process.returncode == 143 and "download: terminated" in errors and "Traceback" not in errors
+    assert list(raw.iterdir()) == []

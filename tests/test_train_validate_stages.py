@@ -32,7 +32,7 @@ def test_train_writes_the_models_and_metrics(tiny_pipeline):
 def test_train_without_tokens_exits_1(tmp_path):
     write_params(tmp_path, TINY_PARAMS)
     done = run_module("src.pipeline.train", tmp_path)
-    assert done.returncode == 1 and "run `dvc repro tokenize` first" in done.stderr
+    assert done.returncode == 1 and "run `dvc repro tokenize` (or `dvc pull`) first" in done.stderr
 
 
 def test_a_nan_loss_exits_4_and_keeps_the_last_good_checkpoint(tiny_copy):
@@ -72,7 +72,7 @@ def test_validate_exits_5_over_budget_after_writing_the_metrics(tiny_copy):
 def test_validate_without_a_model_exits_1(tmp_path):
     write_params(tmp_path, TINY_PARAMS)
     done = run_module("src.pipeline.validate", tmp_path)
-    assert done.returncode == 1 and "run `dvc repro train` first" in done.stderr
+    assert done.returncode == 1 and "run `dvc repro train` (or `dvc pull`) first" in done.stderr
 
 
 def test_language_detection():
@@ -85,3 +85,11 @@ def test_repetition_and_whitespace():
     assert repetition_rate("one two three four five six") == 0
     assert repetition_rate("a b c " * 20) > 0.9
     assert whitespace_share("a \n\n\n") == 0.8 and whitespace_share("") == 1.0
+
+
+def test_data_too_small_for_one_batch_exits_1_before_training(tiny_copy):
+    write_params(tiny_copy, {"max_seq_length": 8192, "batch_size": 4096})
+    done = run_module("src.pipeline.train", tiny_copy)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "cannot fill one batch of batch_size=4096 windows of max_seq_length=8192 tokens" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -1,9 +1,6 @@
-"""The training loop, checkpoints and resume, on a small synthetic token dataset."""
+"""The training loop and exact resume, on a small synthetic token dataset (tests/conftest.py)."""
 
-import argparse
 import dataclasses
-import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,49 +9,16 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import profile
 
-from src.config import ModelConfig, TrainConfig
 from src.data.dataset import SplitStats, TokenSplit, write_token_dataset
-from src.model.checkpoint import CheckpointError, code_digest, load_checkpoint, load_model, save_checkpoint
+from src.model.checkpoint import load_checkpoint, save_checkpoint
 from src.model.transformer import ModelShape, TinyTransformer
 from src.training.schedule import warmup_cosine
-from src.training.trainer import (TrainingDiverged, evaluate, make_optimizer, make_train_step, precision_context,
-                                  train)
-
-VOCAB = 40
-MODEL = ModelConfig(n_layers=1, n_heads=2, d_model=16, d_ff=32, dropout=0.1, context_length=16)
-TRAIN = TrainConfig(epochs=3, batch_size=16, learning_rate=0.01, max_seq_length=16, seed=3, weight_decay=0.1,
-                    warmup_steps=5, min_lr_ratio=0.1, grad_clip=1.0, eval_batch_size=32, checkpoint_every=1,
-                    precision="fp32", compile=False, device="cpu", nproc=1,
-                    plateau_loss=7.0)
+from src.training.trainer import TrainingDiverged, evaluate, make_optimizer, make_train_step, precision_context
+from tests.conftest import MODEL, TRAIN, VOCAB, run
 
 
-@pytest.fixture
-def data(tmp_path):
-    """A learnable sequence (a cycle with some noise) as train and validation splits."""
-    rng = np.random.default_rng(0)
-
-    def ids(n):
-        cycle = np.arange(n) % 23 + 4
-        noise = rng.integers(4, VOCAB, n)
-        return np.where(rng.random(n) < 0.1, noise, cycle).astype(np.uint16)
-
-    tokens = tmp_path / "tokens"
-    train_ids, validation_ids = ids(6000), ids(700)
-    write_token_dataset(tokens, {"train": (train_ids, SplitStats(len(train_ids), 3 * len(train_ids))),
-                                 "validation": (validation_ids, SplitStats(len(validation_ids), 2100))})
-    tokenizer = tmp_path / "tokenizer.model"
-    tokenizer.write_bytes(b"stands in for the tokenizer: only its bytes are fingerprinted")
-    return tokens, tokenizer
-
-
-def run(data, checkpoints, train_cfg=TRAIN, **kwargs):
-    tokens, tokenizer = data
-    return train(MODEL, train_cfg, vocab_size=VOCAB, tokens_dir=tokens, tokenizer_file=tokenizer,
-                 checkpoint_dir=checkpoints, **kwargs)
-
-
-def test_training_learns_and_writes_every_checkpoint(data, tmp_path):
-    result = run(data, tmp_path / "ckpt")
+def test_training_learns_and_writes_every_checkpoint(synthetic_tokens, tmp_path):
+    result = run(synthetic_tokens, tmp_path / "ckpt")
     history = result.state.history
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[-1]["validation_loss"] < history[0]["validation_loss"] < np.log(VOCAB)
@@ -66,18 +30,18 @@ def test_training_learns_and_writes_every_checkpoint(data, tmp_path):
     assert best["training_state"]["best_validation_loss"] == min(h["validation_loss"] for h in history)
 
 
-def test_a_run_is_reproducible(data, tmp_path):
-    first = run(data, tmp_path / "a").state.history
-    second = run(data, tmp_path / "b").state.history
+def test_a_run_is_reproducible(synthetic_tokens, tmp_path):
+    first = run(synthetic_tokens, tmp_path / "a").state.history
+    second = run(synthetic_tokens, tmp_path / "b").state.history
     assert [h["validation_loss"] for h in first] == [h["validation_loss"] for h in second]
 
 
-def test_resuming_from_any_checkpoint_ends_where_an_uninterrupted_run_ends(data, tmp_path):
-    uninterrupted = run(data, tmp_path / "full")
+def test_resuming_from_any_checkpoint_ends_where_an_uninterrupted_run_ends(synthetic_tokens, tmp_path):
+    uninterrupted = run(synthetic_tokens, tmp_path / "full")
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
     (resumed_dir / "epoch_0001.pt").write_bytes((tmp_path / "full" / "epoch_0001.pt").read_bytes())
-    resumed = run(data, resumed_dir)
+    resumed = run(synthetic_tokens, resumed_dir)
     assert resumed.resumed_from_epoch == 1
     assert resumed.state.history == [
         {**h, "seconds": r["seconds"], "tokens_per_sec": r["tokens_per_sec"]}
@@ -87,112 +51,25 @@ def test_resuming_from_any_checkpoint_ends_where_an_uninterrupted_run_ends(data,
         assert torch.equal(tensor, b["model"][name]), name
 
 
-def test_a_checkpoint_of_another_recipe_is_set_aside_not_resumed(data, tmp_path, caplog):
-    checkpoints = tmp_path / "ckpt"
-    run(data, checkpoints, dataclasses.replace(TRAIN, epochs=1))
-    changed = dataclasses.replace(TRAIN, epochs=1, learning_rate=0.02)
-    with caplog.at_level(logging.WARNING):
-        result = run(data, checkpoints, changed)
-    assert result.resumed_from_epoch == 0
-    assert "made with different params" in caplog.text and "training starts fresh" in caplog.text
-    first = (checkpoints / "set_aside" / "last.pt").read_bytes()  # kept, never deleted
-    run(data, checkpoints, dataclasses.replace(changed, learning_rate=0.03))
-    assert (checkpoints / "set_aside" / "last.pt").read_bytes() == first  # nor replaced by the next one
-    assert load_checkpoint(checkpoints / "set_aside" / "last.1.pt")["epoch"] == 1
-
-
-def test_bookkeeping_params_do_not_change_the_recipe(data, tmp_path):
-    checkpoints = tmp_path / "ckpt"
-    run(data, checkpoints, dataclasses.replace(TRAIN, epochs=1))
-    result = run(data, checkpoints, dataclasses.replace(TRAIN, epochs=1, checkpoint_every=5, plateau_loss=3.0))
-    assert result.resumed_from_epoch == 1 and len(result.state.history) == 1
-
-
-def test_an_unreadable_checkpoint_is_set_aside(data, tmp_path):
-    checkpoints = tmp_path / "ckpt"
-    checkpoints.mkdir()
-    (checkpoints / "last.pt").write_bytes(b"half a checkpoint")
-    result = run(data, checkpoints, dataclasses.replace(TRAIN, epochs=1))
-    assert result.resumed_from_epoch == 0
-    assert (checkpoints / "set_aside" / "last.pt").read_bytes() == b"half a checkpoint"
-
-
-def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(data, tmp_path):
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(synthetic_tokens, tmp_path):
     checkpoints = tmp_path / "ckpt"
     two_epochs = dataclasses.replace(TRAIN, epochs=2)
-    run(data, checkpoints, two_epochs)
+    run(synthetic_tokens, checkpoints, two_epochs)
     for name in ("epoch_0002.pt", "last.pt", "best.pt"):
         (checkpoints / name).unlink()
     # The epoch-1 checkpoint's weights went bad: resuming from it makes the loss NaN on the first step.
     poisoned = load_checkpoint(checkpoints / "epoch_0001.pt")
     poisoned["model"]["embed.weight"][5] = float("nan")
-    save_checkpoint(checkpoints / "epoch_0001.pt", {k: v for k, v in poisoned.items() if k != "format"})
+    save_checkpoint(checkpoints / "epoch_0001.pt", poisoned)
     before = (checkpoints / "epoch_0001.pt").read_bytes()
     with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 1 .*lower learning_rate"):
-        run(data, checkpoints, two_epochs)
+        run(synthetic_tokens, checkpoints, two_epochs)
     assert (checkpoints / "epoch_0001.pt").read_bytes() == before
     assert sorted(p.name for p in checkpoints.glob("*.pt")) == ["epoch_0001.pt"]
 
 
-def test_checkpoints_round_trip_through_the_safe_loader(data, tmp_path):
-    result = run(data, tmp_path / "ckpt", dataclasses.replace(TRAIN, epochs=1))
-    model, meta = load_model(result.best_checkpoint)
-    assert not model.training and meta["epoch"] == 1 and set(meta["fingerprint"]) == {"data", "tokenizer",
-                                                                                          "params", "code"}
-    tokens = torch.randint(0, VOCAB, (2, 8))
-    again, _ = load_model(result.best_checkpoint)
-    assert torch.equal(model(tokens), again(tokens))
-
-
-def test_the_loader_refuses_a_checkpoint_of_another_format(data, tmp_path):
-    result = run(data, tmp_path / "ckpt", dataclasses.replace(TRAIN, epochs=1))
-    state = load_checkpoint(result.last_checkpoint)
-    # Format 1 paired RoPE channels differently: its weights must not load silently.
-    torch.save({**state, "format": 1}, tmp_path / "old.pt")
-    with pytest.raises(CheckpointError, match=r"old.pt is of format 1; this version reads format 2: train again"):
-        load_model(tmp_path / "old.pt")
-
-
-def test_the_loader_refuses_what_is_not_plain_data(tmp_path):
-    path = tmp_path / "evil.pt"
-    torch.save({"format": 1, "payload": argparse.Namespace(code="would run on load")}, path)
-    with pytest.raises(CheckpointError, match="cannot be read"):
-        load_checkpoint(path)
-    with pytest.raises(CheckpointError, match="not found"):
-        load_checkpoint(tmp_path / "missing.pt")
-
-
-def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path):
-    path = tmp_path / "last.pt"
-    save_checkpoint(path, {"epoch": 1})
-    with pytest.raises(Exception):
-        save_checkpoint(path, {"epoch": 2, "cannot be pickled": lambda: None})
-    assert load_checkpoint(path)["epoch"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
-
-
-def test_the_code_digest_is_the_same_in_every_clone_and_covers_single_files(tmp_path):
-    def clone(name: str) -> tuple[Path, Path]:
-        package, module = tmp_path / name / "src" / "model", tmp_path / name / "src" / "dataset.py"
-        package.mkdir(parents=True)
-        (package / "transformer.py").write_text("WIDTH = 128\n")
-        (package / "notes.txt").write_text("not code")
-        module.write_text("WINDOW = 128\n")
-        return package, module
-
-    first, second = clone("here"), clone("elsewhere")
-    assert code_digest(*first) == code_digest(*second)
-    (second[0] / "notes.txt").write_text("other notes")
-    assert code_digest(*first) == code_digest(*second)
-    second[1].write_text("WINDOW = 64\n")
-    assert code_digest(*first) != code_digest(*second)
-    second[1].write_text("WINDOW = 128\n")
-    (second[0] / "transformer.py").rename(second[0] / "model.py")
-    assert code_digest(*first) != code_digest(*second)
-
-
-def test_evaluation_scores_every_validation_token_once(data):
-    tokens, _ = data
+def test_evaluation_scores_every_validation_token_once(synthetic_tokens):
+    tokens, _ = synthetic_tokens
     split = TokenSplit(tokens, "validation")
     targets = sum(t.numel() for _, t in split.evaluation_batches(16, 7))
     assert targets == len(split) - 1

@@ -7,9 +7,10 @@ is validation text, the rest is training text. Tokenizer training and model trai
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from src.atomic import write_json
 
 BOOK_SEPARATOR = "\n\n"
 
@@ -31,20 +32,6 @@ class BookSplit:
     validation: tuple[int, int]
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        with part.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(part, path)
-    finally:
-        part.unlink(missing_ok=True)
-
-
 def assemble(books: list[tuple[str, str, str]]) -> tuple[bytes, list[BookSpan]]:
     """Join (name, language, text) books into one UTF-8 corpus and the spans of each book."""
     parts: list[bytes] = []
@@ -64,7 +51,7 @@ def assemble(books: list[tuple[str, str, str]]) -> tuple[bytes, list[BookSpan]]:
 
 
 def write_index(path: Path, spans: list[BookSpan]) -> None:
-    write_atomic(path, (json.dumps({"books": [asdict(s) for s in spans]}, indent=2) + "\n").encode())
+    write_json(path, {"books": [asdict(s) for s in spans]})
 
 
 def read_index(path: Path) -> list[BookSpan]:

@@ -14,10 +14,15 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
-from src.data.corpus import BookSplit, part_text, write_atomic
+from src.atomic import write_atomic, write_json
+from src.data.corpus import BookSplit, part_text
 from src.data.tokenizer import EOS_ID
 
 TOKEN_DTYPE = np.uint16
+
+
+class TokenDataError(ValueError):
+    """The token dataset is missing, damaged, or too small for what is asked of it."""
 
 
 @dataclass(frozen=True)
@@ -45,18 +50,22 @@ def write_token_dataset(directory: Path, parts: dict[str, tuple[np.ndarray, Spli
     for name, (ids, _) in parts.items():
         write_atomic(directory / f"{name}.bin", ids.tobytes())
     meta = {name: asdict(stats) for name, (_, stats) in parts.items()}
-    write_atomic(directory / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+    write_json(directory / "meta.json", meta)
 
 
 class TokenSplit:
     """One split's ids (memmapped) and its stats."""
 
     def __init__(self, directory: Path, name: str):
-        path = Path(directory) / f"{name}.bin"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: run `dvc repro tokenize` first")
-        self.ids = np.memmap(path, dtype=TOKEN_DTYPE, mode="r")
-        self.stats = SplitStats(**json.loads((Path(directory) / "meta.json").read_text())[name])
+        path, meta = Path(directory) / f"{name}.bin", Path(directory) / "meta.json"
+        if not path.is_file() or not meta.is_file():
+            raise TokenDataError(f"{path if not path.is_file() else meta} not found: run `dvc repro tokenize` first")
+        try:
+            self.stats = SplitStats(**json.loads(meta.read_text(encoding="utf-8"))[name])
+            self.ids = np.memmap(path, dtype=TOKEN_DTYPE, mode="r") if path.stat().st_size else np.zeros(0, TOKEN_DTYPE)
+        except (ValueError, KeyError, TypeError) as exc:  # JSON and UTF-8 errors are ValueErrors
+            raise TokenDataError(f"{directory} is damaged ({type(exc).__name__}: {exc}): rebuild it with "
+                                 f"`dvc repro --force tokenize`") from None
 
     def __len__(self) -> int:
         return len(self.ids)

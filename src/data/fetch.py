@@ -1,4 +1,10 @@
-"""Fetch a pinned file over HTTP(S) or from a local mirror, verified by sha256 before it lands."""
+"""Fetch a pinned file over HTTP(S) or from a local mirror, verified by sha256 before it lands.
+
+Every way a download can go wrong ends in a DownloadError with nothing left behind: a server that
+answers slowly forever meets ``max_seconds`` (checked between reads, each of which waits at most
+``timeout_s``), a redirect may only lead to another http(s) URL, and a mirror entry must be a regular
+file (a FIFO or a device would block or never end).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,10 @@ import http.client
 import logging
 import os
 import re
+import stat
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +24,8 @@ from typing import BinaryIO, Callable
 from urllib.parse import quote
 
 from tqdm import tqdm
+
+from src.atomic import PART_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +49,36 @@ class _Transient(Exception):
 
 @dataclass(frozen=True)
 class FetchPolicy:
-    timeout_s: float
+    timeout_s: float  # the longest wait for the server (connecting, then each read)
     retries: int
-    backoff_s: float
+    backoff_s: float  # the wait before retry n is backoff_s * 2 ** (n - 1)
     max_bytes: int
+    max_seconds: float  # the longest one file may take, every attempt and wait included
+
+
+class _Deadline:
+    def __init__(self, seconds: float, label: str):
+        self.seconds, self.label = seconds, label
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def check(self) -> None:
+        if self.left() <= 0:
+            raise DownloadError(f"{self.label}: not done within {self.seconds:g} s (corpus.max_download_s)")
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to another http(s) URL (urllib would also follow one to ftp://)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if not newurl.startswith(("http://", "https://")):
+            raise DownloadError(f"{req.full_url} redirects to {newurl!r}: only http(s) redirects are followed")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
 
 
 def resolve_location(url: str, file_name: str, mirror: str | None) -> str:
@@ -53,6 +89,8 @@ def resolve_location(url: str, file_name: str, mirror: str | None) -> str:
     if not mirror:
         return url
     if mirror.startswith(("http://", "https://")):
+        if not urllib.parse.urlparse(mirror).netloc:
+            raise DownloadError(f"{MIRROR_ENV}={mirror!r}: an http(s) mirror needs a host")
         return f"{mirror.rstrip('/')}/{quote(file_name)}"
     if _SCHEME.match(mirror):
         raise DownloadError(f"{MIRROR_ENV}={mirror!r}: only http://, https:// or a local directory are accepted")
@@ -81,17 +119,18 @@ def fetch_verified(location: str, dest: Path, expected_sha256: str, policy: Fetc
     if dest.is_file() and sha256_of(dest) == expected_sha256:
         return False
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    part = dest.with_name(f".{dest.name}.{os.getpid()}{PART_SUFFIX}")
+    deadline = _Deadline(policy.max_seconds, label)
     try:
         for attempt in range(policy.retries + 1):
             try:
-                actual = _copy(location, part, policy, label)
+                actual = _copy(location, part, policy, label, deadline)
                 break
             except _Transient as exc:
-                if attempt == policy.retries:
+                wait = policy.backoff_s * 2**attempt
+                if attempt == policy.retries or wait >= deadline.left():
                     raise DownloadError(
                         f"{label}: giving up on {location} after {attempt + 1} attempt(s): {exc}") from None
-                wait = policy.backoff_s * 2**attempt
                 log.warning("%s: attempt %d failed (%s); retrying in %.1fs", label, attempt + 1, exc, wait)
                 sleep(wait)
         if actual != expected_sha256:
@@ -105,39 +144,51 @@ def fetch_verified(location: str, dest: Path, expected_sha256: str, policy: Fetc
         part.unlink(missing_ok=True)
 
 
-def _copy(location: str, part: Path, policy: FetchPolicy, label: str) -> str:
+def _copy(location: str, part: Path, policy: FetchPolicy, label: str, deadline: _Deadline) -> str:
     """One attempt: stream ``location`` into ``part``, returning the sha256 of what was written."""
     with part.open("wb") as out:
         if location.startswith(("http://", "https://")):
-            digest = _copy_http(location, out, policy, label)
+            digest = _copy_http(location, out, policy, label, deadline)
         else:
-            digest = _copy_file(Path(location), out, policy, label)
+            digest = _copy_file(Path(location), out, policy, label, deadline)
         out.flush()
         os.fsync(out.fileno())
     return digest
 
 
-def _copy_file(path: Path, out: BinaryIO, policy: FetchPolicy, label: str) -> str:
+def _copy_file(path: Path, out: BinaryIO, policy: FetchPolicy, label: str, deadline: _Deadline) -> str:
     try:
-        size = path.stat().st_size
-        if size > policy.max_bytes:
-            raise DownloadError(f"{label}: {path} is {size} bytes, over the {policy.max_bytes}-byte cap")
-        with path.open("rb") as src:
-            return _stream(src.read, out, size, policy, label)
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; the entry is checked once it is open.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise DownloadError(f"{label}: {path} does not exist in the mirror") from None
+    except OSError as exc:
+        raise DownloadError(f"{label}: {path} cannot be read ({exc.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise DownloadError(f"{label}: {path} in the mirror is not a regular file")
+        if info.st_size > policy.max_bytes:
+            raise DownloadError(f"{label}: {path} is {info.st_size} bytes, over the {policy.max_bytes}-byte cap")
+        src = open(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with src:
+        return _stream(src.read, out, info.st_size, policy, label, deadline)
 
 
-def _copy_http(url: str, out: BinaryIO, policy: FetchPolicy, label: str) -> str:
+def _copy_http(url: str, out: BinaryIO, policy: FetchPolicy, label: str, deadline: _Deadline) -> str:
     request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
     try:
-        with urllib.request.urlopen(request, timeout=policy.timeout_s) as response:
+        with _OPENER.open(request, timeout=min(policy.timeout_s, max(deadline.left(), 0.001))) as response:
             length_header = response.headers.get("Content-Length")
             length = int(length_header) if length_header and length_header.isdigit() else None
             if length is not None and length > policy.max_bytes:
                 raise DownloadError(f"{label}: {url} announces {length} bytes, over the "
                                     f"{policy.max_bytes}-byte cap (corpus.max_download_mb)")
-            return _stream(response.read, out, length, policy, label)
+            # read1: whatever has arrived, so a trickling server cannot hold one read past the deadline.
+            return _stream(response.read1, out, length, policy, label, deadline)
     except urllib.error.HTTPError as exc:
         if exc.code >= 500 or exc.code in (408, 429):
             raise _Transient(f"HTTP {exc.code} {exc.reason}") from None
@@ -149,11 +200,15 @@ def _copy_http(url: str, out: BinaryIO, policy: FetchPolicy, label: str) -> str:
 
 
 def _stream(read: Callable[[int], bytes], out: BinaryIO, length: int | None,
-            policy: FetchPolicy, label: str) -> str:
+            policy: FetchPolicy, label: str, deadline: _Deadline) -> str:
     digest = hashlib.sha256()
     received = 0
     with tqdm(total=length, unit="B", unit_scale=True, desc=label, disable=None, leave=False) as bar:
-        while chunk := read(_CHUNK):
+        while True:
+            deadline.check()
+            chunk = read(_CHUNK)
+            if not chunk:
+                break
             received += len(chunk)
             if received > policy.max_bytes:
                 raise DownloadError(f"{label}: more than {policy.max_bytes} bytes received, over the cap "

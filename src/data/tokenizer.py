@@ -16,7 +16,7 @@ from typing import Iterable
 import sentencepiece as spm
 
 from src.config import ConfigError, TokenizerConfig
-from src.data.corpus import write_atomic
+from src.atomic import write_atomic
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 NEWLINE = "\n"
@@ -75,9 +75,14 @@ def train_tokenizer(lines: list[str], cfg: TokenizerConfig, model_file: Path, vo
 
 
 def load_tokenizer(model_file: Path) -> spm.SentencePieceProcessor:
+    """The sentencepiece model in ``model_file``; TokenizerError when it is missing or not such a model."""
     if not Path(model_file).is_file():
-        raise FileNotFoundError(f"tokenizer model {model_file} not found: run `dvc repro tokenize` first")
-    return spm.SentencePieceProcessor(model_file=str(model_file))
+        raise TokenizerError(f"tokenizer model {model_file} not found: run `dvc repro tokenize` first")
+    try:
+        return spm.SentencePieceProcessor(model_file=str(model_file))
+    except RuntimeError as exc:
+        raise TokenizerError(f"{model_file} is not a sentencepiece model ({exc}): rebuild it with "
+                             f"`dvc repro tokenize`") from None
 
 
 def vocabulary_characters(processor: spm.SentencePieceProcessor) -> set[str]:

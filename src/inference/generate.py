@@ -36,10 +36,13 @@ class GenerationTimes:
 
 
 def next_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
-    """Pick the next id from (V,) logits: greedy, or sampled after temperature, top-k and top-p."""
+    """Pick the next id from (V,) logits: greedy, or sampled after temperature, top-k and top-p.
+
+    The scaled scores are taken in fp64, relative to the largest: any temperature in (0, 10], however
+    small, gives finite probabilities. The most likely candidate always stays, however small top_p.
+    """
     if sampling.temperature == 0:
         return int(logits.argmax())
-    logits = logits.float() / sampling.temperature
     # The candidates, most likely first: the top k when there is a cut, else the whole vocabulary
     # (sorting only k values keeps the per-token cost low).
     if 0 < sampling.top_k < logits.numel():
@@ -48,49 +51,59 @@ def next_token(logits: torch.Tensor, sampling: Sampling, generator: torch.Genera
         logits, ids = torch.sort(logits, descending=True)
     else:
         ids = None
-    probs = torch.softmax(logits, dim=-1)
+    scores = logits.double()
+    probs = torch.softmax((scores - scores.max()) / sampling.temperature, dim=-1)
     if sampling.top_p < 1.0:
-        # Keep the smallest set of most likely tokens whose mass reaches top_p (the first always stays).
-        probs = probs.masked_fill(probs.cumsum(0) - probs >= sampling.top_p, 0.0)
+        # Keep the smallest set of most likely tokens whose mass reaches top_p (they are sorted, most likely first).
+        cut = probs.cumsum(0) - probs >= sampling.top_p
+        cut[0] = False
+        probs = probs.masked_fill(cut, 0.0)
     choice = int(torch.multinomial(probs, 1, generator=generator))
     return choice if ids is None else int(ids[choice])
 
 
 @contextlib.contextmanager
-def _without_onednn() -> Iterator[None]:
+def _decoding() -> Iterator[None]:
+    """No autograd, and PyTorch's own kernels rather than oneDNN's; both restored on the way out."""
     enabled = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:
-        yield
+        with torch.inference_mode():
+            yield
     finally:
         torch.backends.mkldnn.enabled = enabled
 
 
-@torch.inference_mode()
-@_without_onednn()
 def generate(model: TinyTransformer, prompt_ids: list[int], max_new_tokens: int, sampling: Sampling,
-             generator: torch.Generator, stop_id: int | None = None) -> tuple[list[int], GenerationTimes]:
-    """Up to ``max_new_tokens`` ids following ``prompt_ids`` (stopping early at ``stop_id``)."""
+             generator: torch.Generator, stop_id: int | None = None,
+             times: GenerationTimes | None = None) -> Iterator[int]:
+    """Yield up to ``max_new_tokens`` ids following ``prompt_ids``, each as soon as it is chosen (stopping early
+    at ``stop_id``). ``times`` collects how long each took; the caller's time between ids is not counted.
+
+    The decoding settings (``_decoding``) hold while a token is computed, never while the caller has it.
+    """
     if not prompt_ids:
         raise ValueError("the prompt encodes to no tokens")
-    new_ids: list[int] = []
-    times = GenerationTimes()
-    decoder = Decoder(model)
-
+    times = times if times is not None else GenerationTimes()
+    produced = 0
     started = time.perf_counter()
-    logits = decoder.prefill(prompt_ids)
-    while len(new_ids) < max_new_tokens:
-        token = next_token(logits, sampling, generator)
+    with _decoding():
+        decoder = Decoder(model)
+        logits = decoder.prefill(prompt_ids)
+    while produced < max_new_tokens:
+        with _decoding():
+            token = next_token(logits, sampling, generator)
         now = time.perf_counter()
-        if new_ids:
+        if produced:
             times.token_latencies_ms.append((now - started) * 1000)
         else:
             times.time_to_first_token_ms = (now - started) * 1000
         if token == stop_id:
-            break
-        new_ids.append(token)
-        if len(new_ids) == max_new_tokens:
-            break
+            return
+        produced += 1
+        yield token
+        if produced == max_new_tokens:
+            return
         started = time.perf_counter()
-        logits = decoder.step(token)
-    return new_ids, times
+        with _decoding():
+            logits = decoder.step(token)

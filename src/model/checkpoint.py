@@ -1,13 +1,16 @@
-"""Checkpoints: written atomically, loaded with ``weights_only=True``, stamped with a fingerprint.
+"""Checkpoints: written atomically, loaded with ``weights_only=True``, verified by their content hash.
 
 A checkpoint holds plain data only (tensors, numbers, strings, lists, dicts), so the safe
-``weights_only`` loader can read it. The fingerprint names what produced it (the token data, the
-tokenizer, the params that shape the run, the training code) so a run never resumes from a
-checkpoint of a different recipe.
+``weights_only`` loader can read it, and the sha256 of that content, so a byte changed anywhere
+(inside a tensor too, which would otherwise load as a slightly different model) is refused. Its
+fingerprint names what produced it (the token data, the tokenizer, the params that shape the run, the
+training code) so a run never resumes from a checkpoint of a different recipe. A model is built only
+from a recorded shape within the params' own bounds and whose tensors the file actually holds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -16,12 +19,16 @@ from typing import Any
 
 import torch
 
-from src.data.corpus import write_atomic
+from src.atomic import write_atomic
+from src.config import ConfigError, ModelConfig, TokenizerConfig, check_field
 from src.model.transformer import ModelShape, TinyTransformer
 
 # 2: RoPE pairs channel i with i + head_dim / 2 (format 1: with its neighbour), so the query and key
 # weights of a format-1 checkpoint mean something else to this code.
-FORMAT_VERSION = 2
+# 3: the content's sha256 is stored beside it.
+FORMAT_VERSION = 3
+# What save_checkpoint adds to a state: read back, never taken from the caller.
+_FORMAT, _CONTENT_SHA256 = "format", "content_sha256"
 
 
 class CheckpointError(RuntimeError):
@@ -45,10 +52,38 @@ def code_digest(*sources: Path) -> str:
     return digest.hexdigest()
 
 
+def content_sha256(value: Any) -> str:
+    """sha256 of a checkpoint's content: every tensor's dtype, shape and bytes, every other value's repr,
+    in the order the dicts hold them (torch.save keeps that order)."""
+    digest = hashlib.sha256()
+
+    def feed(item: Any) -> None:
+        if isinstance(item, torch.Tensor):
+            tensor = item.detach().cpu().contiguous()
+            digest.update(f"tensor {tensor.dtype} {tuple(tensor.shape)}\0".encode())
+            digest.update(tensor.view(-1).view(torch.uint8).numpy())
+        elif isinstance(item, dict):
+            digest.update(f"dict {len(item)}\0".encode())
+            for key, member in item.items():
+                feed(key)
+                feed(member)
+        elif isinstance(item, (list, tuple)):
+            digest.update(f"list {len(item)}\0".encode())
+            for member in item:
+                feed(member)
+        else:
+            digest.update(f"{type(item).__name__} {item!r}\0".encode())
+
+    feed(value)
+    return digest.hexdigest()
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Serialise ``state`` and write it atomically (temporary file, fsync, rename)."""
+    """Serialise ``state`` with its format and content hash, and write it atomically (temporary file, fsync,
+    rename). A state read back from a checkpoint may be saved again as it is."""
+    content = {k: v for k, v in state.items() if k not in (_FORMAT, _CONTENT_SHA256)}
     buffer = io.BytesIO()
-    torch.save({"format": FORMAT_VERSION, **state}, buffer)
+    torch.save({_FORMAT: FORMAT_VERSION, _CONTENT_SHA256: content_sha256(content), **content}, buffer)
     write_atomic(Path(path), buffer.getvalue())
 
 
@@ -65,18 +100,52 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or "format" not in state:
+    if not isinstance(state, dict) or _FORMAT not in state:
         raise CheckpointError(f"checkpoint {path} is not a TinyTransformer checkpoint")
-    if state["format"] != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} is of format {state['format']}; this version reads format "
+    if state[_FORMAT] != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} is of format {state[_FORMAT]!r}; this version reads format "
                               f"{FORMAT_VERSION}: train again (dvc repro train)")
+    content = {k: v for k, v in state.items() if k not in (_FORMAT, _CONTENT_SHA256)}
+    if state.get(_CONTENT_SHA256) != content_sha256(content):
+        raise CheckpointError(f"checkpoint {path} is damaged: its content does not match the sha256 it was "
+                              f"saved with")
     return state
+
+
+def _recorded_shape(state: dict[str, Any], path: Path) -> ModelShape:
+    """The checkpoint's model shape, held to the params' bounds before anything is allocated for it."""
+    recorded = state.get("shape")
+    names = [f.name for f in dataclasses.fields(ModelShape)]
+    if not isinstance(recorded, dict) or sorted(recorded) != sorted(names):
+        raise CheckpointError(f"checkpoint {path} records no model shape (expected the fields {', '.join(names)})")
+    try:
+        for name, value in recorded.items():
+            check_field(TokenizerConfig if name == "vocab_size" else ModelConfig, name, value)
+        ModelConfig(**{name: value for name, value in recorded.items() if name != "vocab_size"})
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {path} records an impossible model shape: {exc}") from None
+    return ModelShape(**recorded)
+
+
+def _check_weights(weights: Any, shape: ModelShape, path: Path) -> None:
+    """The checkpoint must hold exactly the tensors a model of ``shape`` has, each of its size and dtype."""
+    with torch.device("meta"):  # a model that allocates nothing, whatever the shape
+        expected = TinyTransformer(shape).state_dict()
+    if not isinstance(weights, dict) or sorted(weights) != sorted(expected):
+        raise CheckpointError(f"checkpoint {path} does not hold the weights of the model shape it records")
+    for name, tensor in expected.items():
+        held = weights[name]
+        if not isinstance(held, torch.Tensor) or held.shape != tensor.shape or held.dtype != tensor.dtype:
+            raise CheckpointError(f"checkpoint {path}: {name} is not a {tensor.dtype} tensor of shape "
+                                  f"{tuple(tensor.shape)}")
 
 
 def load_model(path: Path) -> tuple[TinyTransformer, dict[str, Any]]:
     """The model of a checkpoint, in eval mode, and the checkpoint's metadata."""
     state = load_checkpoint(path)
-    model = TinyTransformer(ModelShape(**state["shape"]))
+    shape = _recorded_shape(state, Path(path))
+    _check_weights(state.get("model"), shape, Path(path))
+    model = TinyTransformer(shape)
     # assign: the model takes the checkpoint's memory-mapped tensors instead of copying them (the
     # initial ones are freed), so the weights are held once and only their pages in use are resident.
     model.load_state_dict(state["model"], assign=True)
@@ -88,7 +157,7 @@ def load_model(path: Path) -> tuple[TinyTransformer, dict[str, Any]]:
 def export_model(checkpoint: Path, target: Path) -> None:
     """Write ``checkpoint`` without its training-only state: the model a user loads."""
     state = load_checkpoint(checkpoint)
-    save_checkpoint(target, {k: v for k, v in state.items() if k not in ("format", *TRAINING_ONLY)})
+    save_checkpoint(target, {k: v for k, v in state.items() if k not in TRAINING_ONLY})
 
 
 def set_aside(path: Path) -> Path:

@@ -7,19 +7,18 @@ Set TT_CORPUS_MIRROR to a directory or an http(s) base URL to take the books fro
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 from collections import defaultdict
 from pathlib import Path
 
 from src import paths
+from src.atomic import remove_leftovers, write_atomic, write_json
 from src.config import CorpusConfig, load_config
-from src.data.corpus import BookSpan, assemble, write_atomic, write_index
+from src.data.corpus import BookSpan, assemble, write_index
 from src.data.fetch import MIRROR_ENV, DownloadError, FetchPolicy, fetch_verified, resolve_location
 from src.data.gutenberg import NotTextError, clean_book
-from src.pipeline.stage import ExitCode, require_free_disk, run_stage
+from src.pipeline.stage import ExitCode, require_free_disk, run_stage, stage_arguments
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,9 @@ def download(cfg: CorpusConfig, *, mirror: str | None, raw_dir: Path = paths.RAW
              corpus_file: Path = paths.CORPUS_FILE, index_file: Path = paths.CORPUS_INDEX_FILE,
              metrics_file: Path = paths.CORPUS_METRICS) -> dict:
     require_free_disk(raw_dir, cfg.min_free_disk_gb)
-    policy = FetchPolicy(cfg.timeout_s, cfg.retries, cfg.backoff_s, int(cfg.max_download_mb * 1e6))
+    remove_leftovers(raw_dir)
+    policy = FetchPolicy(cfg.timeout_s, cfg.retries, cfg.backoff_s, int(cfg.max_download_mb * 1e6),
+                         cfg.max_download_s)
     books = []
     for source in cfg.sources:
         location = resolve_location(source.url, source.file_name, mirror)
@@ -41,7 +42,7 @@ def download(cfg: CorpusConfig, *, mirror: str | None, raw_dir: Path = paths.RAW
     write_atomic(corpus_file, corpus)
     write_index(index_file, spans)
     metrics = corpus_metrics(corpus, spans)
-    write_atomic(metrics_file, (json.dumps(metrics, indent=2) + "\n").encode())
+    write_json(metrics_file, metrics)
     log.info("corpus: %d bytes, %d characters, languages %s", metrics["bytes"], metrics["characters"],
              {lang: round(v["share"], 3) for lang, v in metrics["languages"].items()})
     return metrics
@@ -64,10 +65,8 @@ def corpus_metrics(corpus: bytes, spans: list[BookSpan]) -> dict:
             "books": books, "languages": dict(languages)}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml", type=Path)
-    args = parser.parse_args(argv)
+def main() -> None:
+    args = stage_arguments(__doc__)
     run_stage("download",
               lambda: download(load_config(args.params).corpus, mirror=os.environ.get(MIRROR_ENV)),
               ExitCode.CORPUS, expected=(DownloadError, NotTextError))

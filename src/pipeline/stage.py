@@ -1,16 +1,19 @@
-"""What every stage entry point shares: exit codes, logging, and turning errors into messages."""
+"""What every stage entry point shares: exit codes, logging, signals, and turning errors into messages."""
 
 from __future__ import annotations
 
+import argparse
 import enum
 import logging
+import os
 import shutil
+import signal
 import sys
 import traceback
 from pathlib import Path
 from typing import Callable, NoReturn
 
-from src.config import ConfigError
+from src.config import PARAMS_FILE, ConfigError
 
 
 class ExitCode(enum.IntEnum):
@@ -20,6 +23,8 @@ class ExitCode(enum.IntEnum):
     TOKENIZER = 3
     TRAINING = 4
     VALIDATION = 5
+    INTERRUPTED = 130  # Ctrl+C (128 + SIGINT)
+    TERMINATED = 143  # SIGTERM (128 + SIGTERM)
 
 
 class PrerequisiteError(RuntimeError):
@@ -28,6 +33,15 @@ class PrerequisiteError(RuntimeError):
 
 class StageError(RuntimeError):
     """The stage's own work failed; the message says why and what to do (the stage's exit code)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl+C does, so that temporary files are removed on the way out."""
+
+
+def missing_input(path: Path, stage: str) -> PrerequisiteError:
+    """The error for an earlier stage's output that is not there."""
+    return PrerequisiteError(f"{path} not found: run `dvc repro {stage}` (or `dvc pull`) first")
 
 
 def require_free_disk(path: Path, min_free_gb: float) -> None:
@@ -41,27 +55,65 @@ def require_free_disk(path: Path, min_free_gb: float) -> None:
             f"(corpus.min_free_disk_gb); free some space and run again")
 
 
+def stage_arguments(description: str | None) -> argparse.Namespace:
+    """The command line every stage takes: ``--params FILE``."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default=PARAMS_FILE, type=Path, help="the params file (default params.yaml)")
+    return parser.parse_args()
+
+
+def _terminate(signum: int, frame) -> None:
+    raise Terminated()
+
+
+def _fail(name: str, message: object, code: int) -> NoReturn:
+    print(f"{name}: error: {message}", file=sys.stderr)
+    hint = _restore_hint()
+    if hint:
+        print(f"{name}: {hint}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _restore_hint() -> str | None:
+    """Under `dvc repro`, how to put back the outputs DVC removed before this failed run (None: nothing to)."""
+    stage = os.environ.get("DVC_STAGE")
+    if not stage:
+        return None
+    from src.pipeline.restore import lost_outputs  # imports DVC: only on this failure path
+
+    try:
+        lost = lost_outputs(stage, os.environ.get("DVC_ROOT", "."))
+    except Exception:  # the hint is a courtesy: never let it hide the error above
+        return None
+    if not lost:
+        return None
+    return (f"DVC removed this stage's earlier outputs before running it ({', '.join(lost)}); "
+            f"`python -m src.pipeline.restore {stage}` puts back the ones dvc.lock records")
+
+
 def run_stage(name: str, body: Callable[[], None], failure_code: ExitCode,
               expected: tuple[type[BaseException], ...] = ()) -> NoReturn:
     """Run a stage body and exit with the documented code.
 
     Bad params and missing prerequisites exit 1; the ``expected`` failures and StageError print
-    their message and exit ``failure_code``; anything else prints its traceback too.
+    their message and exit ``failure_code``; anything else prints its traceback too. SIGTERM and
+    Ctrl+C unwind the stage (its temporary files are removed) and exit 143 and 130.
     """
     logging.basicConfig(level=logging.INFO, format=f"{name}: %(message)s", stream=sys.stderr)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         body()
     except (ConfigError, PrerequisiteError) as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
-        sys.exit(ExitCode.PREREQUISITES)
+        _fail(name, exc, ExitCode.PREREQUISITES)
     except (StageError, *expected) as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
-        sys.exit(failure_code)
+        _fail(name, exc, failure_code)
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
+    except Terminated:
+        print(f"{name}: terminated", file=sys.stderr)
+        sys.exit(ExitCode.TERMINATED)
     except Exception:
         traceback.print_exc()
-        print(f"{name}: failed unexpectedly (see the traceback above)", file=sys.stderr)
-        sys.exit(failure_code)
+        _fail(name, "failed unexpectedly (see the traceback above)", failure_code)
     sys.exit(ExitCode.OK)

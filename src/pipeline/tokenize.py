@@ -5,17 +5,16 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from pathlib import Path
 
 from src import paths
+from src.atomic import write_json
 from src.config import SplitConfig, TokenizerConfig, load_config
-from src.data.corpus import part_text, read_index, split_books, write_atomic
+from src.data.corpus import part_text, read_index, split_books
 from src.data.dataset import encode_split, write_token_dataset
 from src.data.tokenizer import TokenizerError, held_out_metrics, train_tokenizer
-from src.pipeline.stage import ExitCode, PrerequisiteError, StageError, run_stage
+from src.pipeline.stage import ExitCode, StageError, missing_input, run_stage, stage_arguments
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +24,7 @@ def tokenize(split_cfg: SplitConfig, cfg: TokenizerConfig, *, corpus_file: Path 
              tokens_dir: Path = paths.TOKENS_DIR) -> dict:
     for needed in (corpus_file, index_file):
         if not needed.is_file():
-            raise PrerequisiteError(f"{needed} not found: run `dvc repro download` first")
+            raise missing_input(needed, "download")
     corpus = corpus_file.read_bytes()
     try:
         splits = split_books(corpus, read_index(index_file), split_cfg.holdout_fraction)
@@ -42,16 +41,14 @@ def tokenize(split_cfg: SplitConfig, cfg: TokenizerConfig, *, corpus_file: Path 
                                      for part in ("train", "validation")})
     metrics = {"vocab_size": processor.get_piece_size(),
                "held_out": held_out_metrics(processor, held_out)}
-    write_atomic(metrics_file, (json.dumps(metrics, indent=2) + "\n").encode())
+    write_json(metrics_file, metrics)
     log.info("%s tokenizer, %d pieces: %s", cfg.model_type, metrics["vocab_size"],
              {lang: m["tokens_per_character"] for lang, m in metrics["held_out"].items()})
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml", type=Path)
-    args = parser.parse_args(argv)
+def main() -> None:
+    args = stage_arguments(__doc__)
 
     def body() -> None:
         cfg = load_config(args.params)

@@ -12,19 +12,18 @@ the same.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import sys
 from pathlib import Path
 
 from src import paths
+from src.atomic import write_json
 from src.config import ModelConfig, TrainConfig, load_config
-from src.data.corpus import write_atomic
-from src.data.tokenizer import load_tokenizer
+from src.data.dataset import TokenDataError
+from src.data.tokenizer import TokenizerError, load_tokenizer
 from src.model.checkpoint import CheckpointError, export_model
-from src.pipeline.stage import ExitCode, PrerequisiteError, run_stage
+from src.pipeline.stage import ExitCode, PrerequisiteError, missing_input, run_stage, stage_arguments
 from src.training.allocator import keep_freed_memory
 from src.training.distributed import Workers, join, leave, single_process
 from src.training.trainer import TrainingDiverged, TrainingResult, train
@@ -37,12 +36,15 @@ FRESH_ENV = "TT_TRAIN_FRESH"
 def run_train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, fresh: bool = False,
               tokens_dir: Path = paths.TOKENS_DIR, tokenizer_file: Path = paths.TOKENIZER_MODEL,
               checkpoint_dir: Path = paths.CHECKPOINT_DIR, workers: Workers = single_process()) -> TrainingResult:
-    for needed in (tokenizer_file, tokens_dir / "train.bin", tokens_dir / "validation.bin"):
+    for needed in (tokenizer_file, tokens_dir / "train.bin", tokens_dir / "validation.bin", tokens_dir / "meta.json"):
         if not needed.is_file():
-            raise PrerequisiteError(f"{needed} not found: run `dvc repro tokenize` first")
-    vocab_size = load_tokenizer(tokenizer_file).get_piece_size()
-    result = train(model_cfg, train_cfg, vocab_size=vocab_size, tokens_dir=tokens_dir,
-                   tokenizer_file=tokenizer_file, checkpoint_dir=checkpoint_dir, fresh=fresh, workers=workers)
+            raise missing_input(needed, "tokenize")
+    try:
+        vocab_size = load_tokenizer(tokenizer_file).get_piece_size()
+        result = train(model_cfg, train_cfg, vocab_size=vocab_size, tokens_dir=tokens_dir,
+                       tokenizer_file=tokenizer_file, checkpoint_dir=checkpoint_dir, fresh=fresh, workers=workers)
+    except (TokenDataError, TokenizerError) as exc:
+        raise PrerequisiteError(str(exc)) from None
     if workers.is_main:
         write_outputs(result)
     return result
@@ -80,10 +82,6 @@ def write_outputs(result: TrainingResult) -> None:
              total_seconds, tokens_per_sec)
 
 
-def write_json(path: Path, value) -> None:
-    write_atomic(path, (json.dumps(value, indent=2) + "\n").encode())
-
-
 def launch_workers(nproc: int, argv: list[str]) -> None:
     """Run this stage in ``nproc`` worker processes through torchrun; exit with a failed worker's code."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -100,10 +98,8 @@ def launch_workers(nproc: int, argv: list[str]) -> None:
     sys.exit(ExitCode.OK)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml", type=Path)
-    args = parser.parse_args(argv)
+def main() -> None:
+    args = stage_arguments(__doc__)
 
     def body() -> None:
         cfg = load_config(args.params)

@@ -8,7 +8,6 @@ best checkpoint exactly as a user would. The metrics are written before the stag
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import re
@@ -17,9 +16,9 @@ import sys
 from pathlib import Path
 
 from src import paths
+from src.atomic import write_json
 from src.config import ValidateConfig, load_config
-from src.data.corpus import write_atomic
-from src.pipeline.stage import ExitCode, PrerequisiteError, StageError, run_stage
+from src.pipeline.stage import ExitCode, StageError, missing_input, run_stage, stage_arguments
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +83,7 @@ def validate(cfg: ValidateConfig, *, model: Path = paths.BEST_MODEL, tokenizer: 
              samples_file: Path = paths.SAMPLES, metrics_file: Path = paths.VALIDATE_METRICS) -> dict:
     for needed, stage in ((model, "train"), (tokenizer, "tokenize")):
         if not needed.is_file():
-            raise PrerequisiteError(f"{needed} not found: run `dvc repro {stage}` first")
+            raise missing_input(needed, stage)
     runs = {"en": measure(cfg.prompt_en, cfg, model, tokenizer), "es": measure(cfg.prompt_es, cfg, model, tokenizer)}
 
     quality = {language: quality_check(run["text"], run["metrics"]["unknown_share"], language, cfg)
@@ -106,8 +105,8 @@ def validate(cfg: ValidateConfig, *, model: Path = paths.BEST_MODEL, tokenizer: 
     }
     samples = {language: {"prompt": run["prompt"], "text": run["text"], "detected_language": detect_language(run["text"])}
                for language, run in runs.items()}
-    write_atomic(samples_file, (json.dumps(samples, indent=2, ensure_ascii=False) + "\n").encode())
-    write_atomic(metrics_file, (json.dumps(metrics, indent=2) + "\n").encode())
+    write_json(samples_file, samples)
+    write_json(metrics_file, metrics)
     for language, sample in samples.items():
         log.info("[%s] %s%s", language, sample["prompt"], sample["text"].replace("\n", " ")[:200])
     log.info("rss %.1f MB, peak %.1f MB, p95 %.3f ms/token, %.0f tokens/s", worst["rss_mb"], worst["peak_mb"],
@@ -119,10 +118,8 @@ def validate(cfg: ValidateConfig, *, model: Path = paths.BEST_MODEL, tokenizer: 
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml", type=Path)
-    args = parser.parse_args(argv)
+def main() -> None:
+    args = stage_arguments(__doc__)
     run_stage("validate", lambda: validate(load_config(args.params).validate), ExitCode.VALIDATION)
 
 

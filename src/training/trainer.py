@@ -12,8 +12,6 @@ alone writes checkpoints.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import math
 import time
@@ -28,22 +26,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from src.config import ModelConfig, TrainConfig
-from src.data.dataset import TokenSplit
-from src.model.checkpoint import (CheckpointError, code_digest, file_digest, load_checkpoint, save_checkpoint,
-                                  set_aside)
+from src.data.dataset import TokenDataError, TokenSplit
 from src.model.transformer import ModelShape, TinyTransformer
+from src.training.checkpointing import BEST, LAST, RunCheckpoints, fingerprint
 from src.training.distributed import Workers, single_process
 from src.training.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
-
-SRC = Path(__file__).resolve().parents[1]
-# The code whose change makes an old checkpoint a different recipe.
-TRAINING_CODE = (SRC / "model", SRC / "training", SRC / "data" / "dataset.py")
-# Train params that do not change the recipe: a run may resume under other values of these.
-_BOOKKEEPING_PARAMS = ("checkpoint_every", "plateau_loss", "compile", "device", "nproc")
-LAST = "last.pt"
-BEST = "best.pt"
 
 
 class TrainingDiverged(RuntimeError):
@@ -123,20 +112,6 @@ class NextTokenLoss(nn.Module):
         return self.model.loss(inputs, targets)
 
 
-def fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_dir: Path,
-                tokenizer_file: Path) -> dict[str, str]:
-    """What produced a checkpoint: data, tokenizer, the params that shape the run, and the code."""
-    shaping = {"model": asdict(model_cfg), "train": asdict(train_cfg)}
-    for name in _BOOKKEEPING_PARAMS:
-        shaping["train"].pop(name)
-    return {
-        "data": file_digest(*(tokens_dir / name for name in ("train.bin", "validation.bin", "meta.json"))),
-        "tokenizer": file_digest(tokenizer_file),
-        "params": hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest(),
-        "code": code_digest(*TRAINING_CODE),
-    }
-
-
 def make_optimizer(model: TinyTransformer, cfg: TrainConfig, fused: bool = True) -> torch.optim.AdamW:
     """AdamW with weight decay on weight matrices only (not on biases or LayerNorm gains)."""
     params = list(model.parameters())
@@ -203,37 +178,20 @@ def evaluate(model: TinyTransformer, split: TokenSplit, length: int, batch_size:
     return total_nats / count, total_nats / (math.log(2) * split.stats.bytes)
 
 
-def _resume_point(checkpoint_dir: Path, expected: dict[str, str]) -> dict[str, Any] | None:
-    """The newest checkpoint made by this exact recipe; others are set aside, never deleted."""
-    best: dict[str, Any] | None = None
-    for path in sorted(checkpoint_dir.glob("*.pt")):
-        try:
-            state = load_checkpoint(path)
-        except CheckpointError as exc:
-            log.warning("%s; set aside to %s", exc, set_aside(path))
-            continue
-        if state.get("fingerprint") != expected:
-            changed = [k for k in expected if state.get("fingerprint", {}).get(k) != expected[k]]
-            log.warning("checkpoint %s was made with different %s; set aside to %s, training starts fresh",
-                        path, ", ".join(changed), set_aside(path))
-            continue
-        if best is None or state["epoch"] > best["epoch"]:
-            best = state
-    return best
-
-
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, tokens_dir: Path,
           tokenizer_file: Path, checkpoint_dir: Path, fresh: bool = False,
           workers: Workers = single_process()) -> TrainingResult:
     """Train (or resume) until ``train_cfg.epochs`` epochs are complete; return where things are."""
     train_split, validation_split = TokenSplit(tokens_dir, "train"), TokenSplit(tokens_dir, "validation")
     length = train_cfg.max_seq_length
-    if train_split.batches_per_epoch(length, train_cfg.batch_size) < 1 or len(validation_split) < 2:
-        raise ValueError(f"the token dataset is too small for one batch of batch_size={train_cfg.batch_size} "
-                         f"windows of max_seq_length={length}")
+    steps_per_epoch = train_split.batches_per_epoch(length, train_cfg.batch_size)
+    if steps_per_epoch < 1 or len(validation_split) < 2:
+        raise TokenDataError(
+            f"the token data ({len(train_split)} training, {len(validation_split)} validation tokens) cannot fill "
+            f"one batch of batch_size={train_cfg.batch_size} windows of max_seq_length={length} tokens: lower "
+            f"them, or add text to the corpus")
     if train_cfg.batch_size % workers.world_size:
         raise ValueError(f"batch_size={train_cfg.batch_size} must split evenly over {workers.world_size} workers")
-    steps_per_epoch = train_split.batches_per_epoch(length, train_cfg.batch_size)
     total_steps = steps_per_epoch * train_cfg.epochs
 
     torch.manual_seed(train_cfg.seed)
@@ -241,19 +199,16 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
     optimizer = make_optimizer(model, train_cfg)
     scheduler = warmup_cosine(optimizer, train_cfg.warmup_steps, total_steps, train_cfg.min_lr_ratio)
     stamp = fingerprint(model_cfg, train_cfg, tokens_dir, tokenizer_file)
-    precision = train_cfg.precision
     state = TrainingState()
 
-    # Rank 0 sets unusable checkpoints aside first, so that every worker then finds the same resume point.
+    # Rank 0 tidies the folder first, so that every worker then finds the same resume point.
+    checkpoints = RunCheckpoints(checkpoint_dir, stamp, train_cfg.checkpoint_every)
     if workers.is_main:
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        if fresh:
-            for path in sorted(checkpoint_dir.glob("*.pt")):
-                log.info("fresh start: %s set aside to %s", path, set_aside(path))
-        resume = _resume_point(checkpoint_dir, stamp)
+        checkpoints.scan(tidy=True, fresh=fresh)
     workers.barrier()
     if not workers.is_main:
-        resume = _resume_point(checkpoint_dir, stamp)
+        checkpoints.scan(tidy=False)
+    resume = checkpoints.resume_point()
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
@@ -263,66 +218,69 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
         log.info("resuming after epoch %d of %d (step %d)", state.epoch, train_cfg.epochs, state.step)
     resumed_from = state.epoch
 
-    def checkpoint(path: Path) -> None:
-        if not workers.is_main:
-            return
-        save_checkpoint(path, {
-            "epoch": state.epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-            "training_state": asdict(state), "shape": asdict(model.shape), "fingerprint": stamp,
-            "config": {"model": asdict(model_cfg), "train": asdict(train_cfg)},
-        })
+    def snapshot() -> dict[str, Any]:
+        return {"epoch": state.epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                "training_state": asdict(state), "shape": asdict(model.shape), "fingerprint": stamp,
+                "config": {"model": asdict(model_cfg), "train": asdict(train_cfg)}}
 
     model.train()
     step = make_train_step(model, optimizer, scheduler, train_cfg, workers)
     while state.epoch < train_cfg.epochs:
-        epoch = state.epoch + 1
-        generator = torch.Generator().manual_seed(train_cfg.seed * 1_000_003 + epoch)
-        started = time.perf_counter()
-        loss_sum, tokens_seen = 0.0, 0
-        bar = tqdm(train_split.epoch_batches(length, train_cfg.batch_size, generator), total=steps_per_epoch,
-                   desc=f"epoch {epoch}/{train_cfg.epochs}", unit="step", disable=None if workers.is_main else True,
-                   leave=False)
-        for batch, (inputs, targets) in enumerate(bar, start=1):
-            loss_value = step(inputs, targets)
-            if not math.isfinite(loss_value):
-                raise TrainingDiverged(
-                    f"loss became {loss_value} at epoch {epoch}, step {batch} of {steps_per_epoch} (global step "
-                    f"{state.step + 1}); try a lower learning_rate than {train_cfg.learning_rate:g} "
-                    f"(e.g. dvc exp run -S learning_rate={train_cfg.learning_rate / 3:.2g}). The last good "
-                    f"checkpoint, after epoch {state.epoch}, is kept.")
-            state.step += 1
-            loss_sum += loss_value * targets.numel()
-            tokens_seen += targets.numel()
-            if batch % 10 == 0:
-                bar.set_postfix(loss=f"{loss_value:.3f}")
-        bar.close()
-        train_seconds = time.perf_counter() - started
-        validation_loss, bits_per_byte = evaluate(model, validation_split, length, train_cfg.eval_batch_size,
-                                                  precision, workers)
-        state.epoch = epoch
-        state.history.append({
-            "epoch": epoch, "train_loss": loss_sum / tokens_seen, "validation_loss": validation_loss,
-            "validation_bits_per_byte": bits_per_byte, "learning_rate": scheduler.get_last_lr()[0],
-            "seconds": time.perf_counter() - started, "tokens_per_sec": tokens_seen / train_seconds,
-        })
-        log.info("epoch %d/%d: train loss %.4f, validation loss %.4f (%.3f bits/byte), %.0f tokens/s, %.1fs",
-                 epoch, train_cfg.epochs, loss_sum / tokens_seen, validation_loss, bits_per_byte,
-                 tokens_seen / train_seconds, state.history[-1]["seconds"])
-        if epoch >= 2 and validation_loss > train_cfg.plateau_loss:
-            log.warning("validation loss %.2f is still above %.1f after %d epochs: the model is barely learning. "
-                        "Try a different learning_rate (now %g), more epochs, or check the corpus and tokenizer "
-                        "metrics (README: Troubleshooting).", validation_loss, train_cfg.plateau_loss, epoch,
-                        train_cfg.learning_rate)
-        if validation_loss < state.best_validation_loss:
-            state.best_epoch, state.best_validation_loss = epoch, validation_loss
-            checkpoint(checkpoint_dir / BEST)
-        if epoch % train_cfg.checkpoint_every == 0:
-            checkpoint(checkpoint_dir / f"epoch_{epoch:04d}.pt")
-        checkpoint(checkpoint_dir / LAST)  # last, so a resume point always exists once an epoch ends
+        improved = run_epoch(state, step, train_split, validation_split, model, scheduler, train_cfg, workers)
+        if workers.is_main:
+            checkpoints.after_epoch(state.epoch, improved, snapshot)
 
     workers.check_identical(model)
+    if workers.is_main:
+        checkpoints.finish(state.epoch, state.best_epoch, snapshot)
     workers.barrier()
-    if not (checkpoint_dir / LAST).is_file():
-        raise CheckpointError(f"no checkpoint in {checkpoint_dir} after training")
-    return TrainingResult(state, checkpoint_dir / LAST, checkpoint_dir / BEST, model.num_parameters(), resumed_from)
+    return TrainingResult(state, checkpoints.path(LAST), checkpoints.path(BEST), model.num_parameters(), resumed_from)
+
+
+def run_epoch(state: TrainingState, step: Callable[[torch.Tensor, torch.Tensor], float], train_split: TokenSplit,
+              validation_split: TokenSplit, model: TinyTransformer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+              cfg: TrainConfig, workers: Workers) -> bool:
+    """Train one epoch, evaluate, and record it in ``state``; True when the validation loss improved."""
+    epoch, length = state.epoch + 1, cfg.max_seq_length
+    steps_per_epoch = train_split.batches_per_epoch(length, cfg.batch_size)
+    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    started = time.perf_counter()
+    loss_sum, tokens_seen = 0.0, 0
+    bar = tqdm(train_split.epoch_batches(length, cfg.batch_size, generator), total=steps_per_epoch,
+               desc=f"epoch {epoch}/{cfg.epochs}", unit="step", disable=None if workers.is_main else True, leave=False)
+    for batch, (inputs, targets) in enumerate(bar, start=1):
+        loss_value = step(inputs, targets)
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(
+                f"loss became {loss_value} at epoch {epoch}, step {batch} of {steps_per_epoch} (global step "
+                f"{state.step + 1}); try a lower learning_rate than {cfg.learning_rate:g} "
+                f"(e.g. dvc exp run -S learning_rate={cfg.learning_rate / 3:.2g}). The last good "
+                f"checkpoint, after epoch {state.epoch}, is kept.")
+        state.step += 1
+        loss_sum += loss_value * targets.numel()
+        tokens_seen += targets.numel()
+        if batch % 10 == 0:
+            bar.set_postfix(loss=f"{loss_value:.3f}")
+    bar.close()
+    train_seconds = time.perf_counter() - started
+    validation_loss, bits_per_byte = evaluate(model, validation_split, length, cfg.eval_batch_size,
+                                              cfg.precision, workers)
+    state.epoch = epoch
+    state.history.append({
+        "epoch": epoch, "train_loss": loss_sum / tokens_seen, "validation_loss": validation_loss,
+        "validation_bits_per_byte": bits_per_byte, "learning_rate": scheduler.get_last_lr()[0],
+        "seconds": time.perf_counter() - started, "tokens_per_sec": tokens_seen / train_seconds,
+    })
+    log.info("epoch %d/%d: train loss %.4f, validation loss %.4f (%.3f bits/byte), %.0f tokens/s, %.1fs",
+             epoch, cfg.epochs, loss_sum / tokens_seen, validation_loss, bits_per_byte,
+             tokens_seen / train_seconds, state.history[-1]["seconds"])
+    if epoch >= 2 and validation_loss > cfg.plateau_loss:
+        log.warning("validation loss %.2f is still above %.1f after %d epochs: the model is barely learning. "
+                    "Try a different learning_rate (now %g), more epochs, or check the corpus and tokenizer "
+                    "metrics (README: Troubleshooting).", validation_loss, cfg.plateau_loss, epoch,
+                    cfg.learning_rate)
+    if validation_loss >= state.best_validation_loss:
+        return False
+    state.best_epoch, state.best_validation_loss = epoch, validation_loss
+    return True

@@ -1,0 +1,47 @@
+"""The check_params stage and the checks ./scripts/train_pipeline.sh runs before it starts DVC."""
+
+import pytest
+
+from src import paths
+from src.config import ConfigError
+from src.pipeline.check_params import MARKER, with_overrides
+from tests.conftest import REPO_ROOT, project_params, run_module, write_params
+
+
+def test_overrides_are_read_as_dvc_exp_run_writes_them():
+    params = with_overrides(project_params(), ["learning_rate=5e-5", "train.compile=false", "model.n_layers=2"])
+    assert params["learning_rate"] == 5e-05 and params["train"]["compile"] is False and params["model"]["n_layers"] == 2
+    assert project_params()["learning_rate"] == 0.001  # the file itself is never changed
+
+
+@pytest.mark.parametrize("override, message", [("epochs", "expected KEY=VALUE"),
+                                               ("nosuch.section.key=1", "params.yaml has no section 'nosuch.section'"),
+                                               ("epochs=[1,", "not valid YAML")])
+def test_malformed_overrides_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        with_overrides(project_params(), [override])
+
+
+def test_the_stage_writes_its_constant_marker_or_exits_1_naming_the_key(tmp_path):
+    write_params(tmp_path)
+    done = run_module("src.pipeline.check_params", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / paths.PARAMS_CHECKED).read_bytes() == MARKER
+    write_params(tmp_path, {"epochs": 0})
+    done = run_module("src.pipeline.check_params", tmp_path)
+    assert done.returncode == 1 and "'epochs' = 0 is out of range" in done.stderr
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--set", "batch_size=33", "--set", "train.nproc=2"], 1, "must split evenly over 'train.nproc' = 2"),
+    (["--set", "learning_rate=5e-5"], 0, ""),
+    (["--mirror", "ftp://example.org/books"], 1, "only http://, https:// or a local directory"),
+    (["--mirror", "http://127.0.0.1:8000/books"], 0, ""),
+    (["--mirror", str(REPO_ROOT / "no-such-dir")], 1, "not a directory"),
+])
+def test_overrides_and_a_mirror_are_checked_without_writing_anything(tmp_path, args, code, message):
+    write_params(tmp_path)
+    before = (tmp_path / "params.yaml").read_bytes()
+    done = run_module("src.pipeline.check_params", tmp_path, *args)
+    assert done.returncode == code and message in done.stderr, done.stderr
+    assert (tmp_path / "params.yaml").read_bytes() == before and not (tmp_path / paths.PARAMS_CHECKED).exists()

@@ -1,0 +1,115 @@
+"""The checkpoints of a run: the resume point, what is set aside, and the files a finished run leaves, whatever a
+crash or a user did to them (src/training/checkpointing.py, on the synthetic data of tests/conftest.py)."""
+
+import dataclasses
+import logging
+import shutil
+
+import pytest
+import torch
+
+from src.model.checkpoint import load_checkpoint, save_checkpoint
+from tests.conftest import TRAIN, run
+
+
+@pytest.fixture
+def finished(synthetic_tokens, tmp_path):
+    """The checkpoint folder of an uninterrupted 3-epoch run, kept as the reference."""
+    run(synthetic_tokens, tmp_path / "finished")
+    return tmp_path / "finished"
+
+
+def copy_of(finished, tmp_path):
+    target = tmp_path / "copy"
+    shutil.copytree(finished, target)
+    return target
+
+
+def same_state(a, b) -> bool:
+    """Two checkpoints hold the same epoch and the same weights."""
+    first, second = load_checkpoint(a), load_checkpoint(b)
+    return first["epoch"] == second["epoch"] and all(
+        torch.equal(tensor, second["model"][name]) for name, tensor in first["model"].items())
+
+
+def assert_finished_like(folder, finished):
+    """last.pt and best.pt are those of the uninterrupted run."""
+    for name in ("last.pt", "best.pt"):
+        assert same_state(folder / name, finished / name), name
+
+
+def test_a_crash_between_the_last_epochs_writes_is_finished_by_the_next_run(synthetic_tokens, finished, tmp_path):
+    """Killed after epoch 3's best.pt and epoch_0003.pt, before its last.pt: last.pt still holds epoch 2."""
+    folder = copy_of(finished, tmp_path)
+    shutil.copy(folder / "epoch_0002.pt", folder / "last.pt")
+    result = run(synthetic_tokens, folder)
+    assert result.resumed_from_epoch == 3 and len(result.state.history) == 3  # nothing trained again
+    assert_finished_like(folder, finished)
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+@pytest.mark.parametrize("name", ["last.pt", "best.pt", "epoch_0003.pt"])
+def test_a_lost_checkpoint_of_a_finished_run_is_rebuilt_from_another_of_its_epoch(synthetic_tokens, finished,
+                                                                                  tmp_path, name, damage):
+    folder = copy_of(finished, tmp_path)
+    if damage == "delete":
+        (folder / name).unlink()
+    else:
+        (folder / name).write_bytes((folder / name).read_bytes()[:1000])
+    result = run(synthetic_tokens, folder)
+    assert result.resumed_from_epoch == 3
+    assert_finished_like(folder, finished)
+
+
+def test_when_no_checkpoint_holds_the_best_epoch_the_run_trains_it_again(synthetic_tokens, finished, tmp_path,
+                                                                        caplog):
+    """The newest checkpoints say epoch 2 was the best, and its checkpoints are gone: resume from epoch 1."""
+    folder = copy_of(finished, tmp_path)
+    for name in ("best.pt", "epoch_0002.pt"):
+        (folder / name).unlink()
+    for name in ("last.pt", "epoch_0003.pt"):
+        state = load_checkpoint(folder / name)
+        state["training_state"]["best_epoch"] = 2
+        save_checkpoint(folder / name, state)
+    with caplog.at_level(logging.WARNING):
+        result = run(synthetic_tokens, folder)
+    assert "no checkpoint holds epoch 2, the best one: resuming from epoch 1" in caplog.text
+    assert result.resumed_from_epoch == 1
+    assert_finished_like(folder, finished)
+
+
+def test_leftovers_of_interrupted_writes_are_removed(synthetic_tokens, finished, tmp_path):
+    folder = copy_of(finished, tmp_path)
+    (folder / ".last.pt.4242.part").write_bytes(b"half of a checkpoint")
+    run(synthetic_tokens, folder)
+    assert not list(folder.glob(".*.part"))
+
+
+def test_a_checkpoint_of_another_recipe_is_set_aside_not_resumed(synthetic_tokens, tmp_path, caplog):
+    checkpoints = tmp_path / "ckpt"
+    run(synthetic_tokens, checkpoints, dataclasses.replace(TRAIN, epochs=1))
+    changed = dataclasses.replace(TRAIN, epochs=1, learning_rate=0.02)
+    with caplog.at_level(logging.WARNING):
+        result = run(synthetic_tokens, checkpoints, changed)
+    assert result.resumed_from_epoch == 0
+    assert "made with different params" in caplog.text and "training starts fresh" in caplog.text
+    first = (checkpoints / "set_aside" / "last.pt").read_bytes()  # kept, never deleted
+    run(synthetic_tokens, checkpoints, dataclasses.replace(changed, learning_rate=0.03))
+    assert (checkpoints / "set_aside" / "last.pt").read_bytes() == first  # nor replaced by the next one
+    assert load_checkpoint(checkpoints / "set_aside" / "last.1.pt")["epoch"] == 1
+
+
+def test_bookkeeping_params_do_not_change_the_recipe(synthetic_tokens, tmp_path):
+    checkpoints = tmp_path / "ckpt"
+    run(synthetic_tokens, checkpoints, dataclasses.replace(TRAIN, epochs=1))
+    result = run(synthetic_tokens, checkpoints, dataclasses.replace(TRAIN, epochs=1, checkpoint_every=5, plateau_loss=3.0))
+    assert result.resumed_from_epoch == 1 and len(result.state.history) == 1
+
+
+def test_an_unreadable_checkpoint_is_set_aside(synthetic_tokens, tmp_path):
+    checkpoints = tmp_path / "ckpt"
+    checkpoints.mkdir()
+    (checkpoints / "last.pt").write_bytes(b"half a checkpoint")
+    result = run(synthetic_tokens, checkpoints, dataclasses.replace(TRAIN, epochs=1))
+    assert result.resumed_from_epoch == 0
+    assert (checkpoints / "set_aside" / "last.pt").read_bytes() == b"half a checkpoint"
