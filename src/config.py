@@ -196,6 +196,9 @@ class TokenizerConfig:
     vocab_size: int = vocab_size_field()
     model_type: str = choice("tokenizer.model_type", "unigram", "bpe")
     character_coverage: float = number("tokenizer.character_coverage", float, 0.9, 1.0)
+    # sentencepiece's training threads. The tokenizer it learns depends on their number, so it is a param,
+    # not the machine's core count: every machine learns the same tokenizer from the same corpus.
+    threads: int = number("tokenizer.threads", int, 1, 256)
     seed: int = seed_field()
 
 

@@ -22,6 +22,7 @@ BEST_MODEL = DATA / "best_model.pt"
 FINAL_MODEL = DATA / "final_model.pt"
 TRAINING_METRICS = DATA / "training_metrics.json"
 TRAIN_METRICS = METRICS / "train.json"
+TRAIN_SPEED = METRICS / "train_speed.json"
 TRAIN_PLOT = METRICS / "train_history.json"
 
 SAMPLES = METRICS / "samples.json"

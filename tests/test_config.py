@@ -116,7 +116,8 @@ def test_file_name_comes_from_the_url():
 
 def test_params_keys_follow_the_sections():
     assert params_keys(SplitConfig, TokenizerConfig) == [
-        "split.holdout_fraction", "vocab_size", "tokenizer.model_type", "tokenizer.character_coverage", "seed"]
+        "split.holdout_fraction", "vocab_size", "tokenizer.model_type", "tokenizer.character_coverage",
+        "tokenizer.threads", "seed"]
     assert "corpus.sources" in params_keys(CorpusConfig)
     assert params_keys(TrainConfig)[:4] == ["epochs", "batch_size", "learning_rate", "max_seq_length"]
 

@@ -31,7 +31,7 @@ OUTS = {
     "validate": [paths.SAMPLES],
 }
 METRICS = {"check_params": [], "download": [paths.CORPUS_METRICS], "tokenize": [paths.TOKENIZER_METRICS],
-           "train": [paths.TRAIN_METRICS], "validate": [paths.VALIDATE_METRICS]}
+           "train": [paths.TRAIN_METRICS, paths.TRAIN_SPEED], "validate": [paths.VALIDATE_METRICS]}
 
 
 def test_every_stage_is_checked():

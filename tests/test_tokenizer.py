@@ -20,7 +20,7 @@ def small_corpus(shared_corpus):
 
 
 def cfg(**changes):
-    return TokenizerConfig(**{"vocab_size": 1000, "model_type": "unigram", "character_coverage": 0.9995,
+    return TokenizerConfig(**{"vocab_size": 1000, "model_type": "unigram", "character_coverage": 0.9995, "threads": 2,
                               "seed": 7, **changes})
 
 
@@ -43,6 +43,17 @@ def test_training_is_deterministic(small_corpus, tmp_path):
     train_tokenizer(lines, cfg(), tmp_path / "a.model", tmp_path / "a.vocab")
     train_tokenizer(lines, cfg(), tmp_path / "b.model", tmp_path / "b.vocab")
     assert (tmp_path / "a.model").read_bytes() == (tmp_path / "b.model").read_bytes()
+
+
+def test_the_tokenizer_depends_on_its_threads_which_are_a_param_not_the_machines_cores(small_corpus, tmp_path):
+    """sentencepiece learns another tokenizer with another number of threads: taking the machine's cores
+    would make every machine learn its own."""
+    lines, _ = small_corpus
+    models = {}
+    for threads in (1, 2, 4):
+        train_tokenizer(lines, cfg(threads=threads), tmp_path / f"{threads}.model", tmp_path / f"{threads}.vocab")
+        models[threads] = (tmp_path / f"{threads}.model").read_bytes()
+    assert len(set(models.values())) > 1
 
 
 def test_vocab_too_small_is_a_config_error_before_training(small_corpus, tmp_path):

@@ -14,8 +14,11 @@ def test_train_writes_the_models_and_metrics(tiny_pipeline):
     train = json.loads((tiny_pipeline / paths.TRAIN_METRICS).read_text())
     assert train["epochs"] == TINY_PARAMS["epochs"]
     assert train["best_validation_loss"] <= train["final_validation_loss"] < 7
-    for key in ("final_train_loss", "best_validation_bits_per_byte", "total_training_time", "tokens_per_sec"):
+    for key in ("final_train_loss", "best_validation_bits_per_byte"):
         assert train[key] > 0, key
+    assert set(train["environment"]) == {"device", "threads", "workers", "torch", "precision", "compile"}
+    speed = json.loads((tiny_pipeline / paths.TRAIN_SPEED).read_text())
+    assert speed["total_training_time"] > 0 and speed["tokens_per_sec"] > 0
     seed_shape = json.loads((tiny_pipeline / paths.TRAINING_METRICS).read_text())
     assert len(seed_shape["epoch_history"]) == TINY_PARAMS["epochs"]
     assert {"train_loss", "validation_loss"} <= set(seed_shape["epoch_history"][0])

@@ -8,7 +8,6 @@ byte fallback means no text is ever unknown.
 from __future__ import annotations
 
 import io
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
@@ -59,7 +58,7 @@ def train_tokenizer(lines: list[str], cfg: TokenizerConfig, model_file: Path, vo
             normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
             user_defined_symbols=[NEWLINE], byte_fallback=True, split_digits=True,
             pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
-            input_sentence_size=0, num_threads=os.cpu_count() or 1, minloglevel=2)
+            input_sentence_size=0, num_threads=cfg.threads, minloglevel=2)
     except RuntimeError as exc:
         if "Vocabulary size" in str(exc):
             raise ConfigError(f"params.yaml: 'vocab_size' = {cfg.vocab_size} is too large for this corpus: "

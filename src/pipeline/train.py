@@ -51,7 +51,11 @@ def run_train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, fresh: bool = F
 
 
 def write_outputs(result: TrainingResult) -> None:
-    """Best and final models beside the checkpoints, and the metrics DVC and the seed's tools read."""
+    """Best and final models beside the checkpoints, and the metrics DVC and the seed's tools read.
+
+    metrics/train.json holds what the run computed and what it ran on: two runs of one commit on one
+    machine write it identically. How long they took goes to metrics/train_speed.json.
+    """
     export_model(result.best_checkpoint, paths.BEST_MODEL)
     export_model(result.last_checkpoint, paths.FINAL_MODEL)
     state = result.state
@@ -60,7 +64,7 @@ def write_outputs(result: TrainingResult) -> None:
     total_seconds = sum(h["seconds"] for h in history)
     tokens_per_sec = sum(h["tokens_per_sec"] * h["seconds"] for h in history) / total_seconds
     best = next(h for h in history if h["epoch"] == state.best_epoch)
-    summary = {
+    results = {
         "epochs": state.epoch,
         "final_train_loss": last["train_loss"],
         "final_validation_loss": last["validation_loss"],
@@ -68,18 +72,22 @@ def write_outputs(result: TrainingResult) -> None:
         "best_epoch": state.best_epoch,
         "best_validation_bits_per_byte": best["validation_bits_per_byte"],
         "final_validation_bits_per_byte": last["validation_bits_per_byte"],
-        "total_training_time": total_seconds,
-        "tokens_per_sec": tokens_per_sec,
         "parameters": result.parameters,
     }
-    seed_shape = {"epoch_history": history, "final_metrics": summary}
-    write_json(paths.TRAINING_METRICS, seed_shape)
-    write_json(paths.TRAIN_METRICS, {k: round(v, 6) if isinstance(v, float) else v for k, v in summary.items()})
+    speed = {"total_training_time": total_seconds, "tokens_per_sec": tokens_per_sec}
+    write_json(paths.TRAINING_METRICS, {"epoch_history": history, "final_metrics": {**results, **speed},
+                                        "environment": result.environment})
+    write_json(paths.TRAIN_METRICS, {**rounded(results), "environment": result.environment})
+    write_json(paths.TRAIN_SPEED, rounded(speed))
     write_json(paths.TRAIN_PLOT, [{k: h[k] for k in ("epoch", "train_loss", "validation_loss", "learning_rate")}
                                   for h in history])
     log.info("done: %d epochs, best validation loss %.4f (epoch %d), final %.4f, %.0f s, %.0f tokens/s",
              state.epoch, state.best_validation_loss, state.best_epoch, last["validation_loss"],
              total_seconds, tokens_per_sec)
+
+
+def rounded(values: dict) -> dict:
+    return {k: round(v, 6) if isinstance(v, float) else v for k, v in values.items()}
 
 
 def launch_workers(nproc: int, argv: list[str]) -> None:

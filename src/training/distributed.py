@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -54,6 +56,12 @@ class Workers:
             batch = batch.tensor_split(self.world_size)[self.rank]
         return batch.to(self.device)
 
+    def environment(self) -> dict[str, object]:
+        """What a run's numbers depend on beyond its recipe: the processor, the threads and workers, PyTorch."""
+        device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else processor_name()
+        return {"device": device, "threads": torch.get_num_threads(), "workers": self.world_size,
+                "torch": torch.__version__}
+
     def check_identical(self, model: torch.nn.Module) -> None:
         """Fail loudly if DDP let the workers' weights drift apart."""
         if not self.distributed:
@@ -66,6 +74,16 @@ class Workers:
         if len(set(digests)) != 1:
             raise RuntimeError(f"the workers' weights differ after training: {digests}")
         log.info("weights identical across %d workers (sha256 %s)", self.world_size, digests[0][:16])
+
+
+def processor_name() -> str:
+    """The CPU's model name as the OS reports it (``lscpu``'s "Model name" on Linux)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    return platform.processor() or platform.machine()
 
 
 def single_process() -> Workers:

@@ -1,8 +1,10 @@
 """The training loop: AdamW, warmup + cosine schedule, clipping, per-epoch evaluation and checkpoints.
 
-Checkpoints are taken at epoch boundaries. Each epoch's data order comes from its own generator
-seeded by (seed, epoch), and the checkpoint carries the model, optimizer, scheduler and RNG state,
-so a run resumed from any checkpoint ends exactly where an uninterrupted run ends.
+A run repeats bit for bit on one machine (same threads and workers): every kernel it runs is
+deterministic (``deterministic_algorithms``), each epoch's data order comes from its own generator
+seeded by (seed, epoch), and checkpoints, taken at epoch boundaries, carry the model, optimizer,
+scheduler and RNG state, so a run resumed from any checkpoint ends exactly where an uninterrupted run
+ends.
 
 Under torchrun every worker draws the same global batches and trains on its own slice of each; DDP
 averages the gradients, so the global batch, and the result, are those of a single process. Rank 0
@@ -55,6 +57,25 @@ class TrainingResult:
     best_checkpoint: Path
     parameters: int
     resumed_from_epoch: int
+    environment: dict[str, object]  # what the numbers depend on beyond the recipe (Workers.environment)
+
+
+@contextlib.contextmanager
+def deterministic_algorithms() -> Iterator[None]:
+    """Only deterministic kernels while training; the previous setting is restored afterwards.
+
+    Without it, torch.compile's CPU code adds up the embedding's gradient with atomic adds from several
+    threads, in an order that changes from run to run, and so do the sum's last bits. Inductor reads the
+    setting when it compiles and keys its caches on it. ``warn_only``: an operation that has no
+    deterministic kernel (on CUDA, some) warns instead of stopping the run.
+    """
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 def training_attention(device: torch.device) -> contextlib.AbstractContextManager:
@@ -80,8 +101,8 @@ def bf16_math_attention() -> Iterator[None]:
     its matrix products run at the bf16 rate and its softmax still sums in fp32. The default training step
     measured 8-24 ms faster than with the cast in each of five alternating pairs of processes (207-231
     against 229-242 ms). The switch is process-wide in PyTorch and read when torch.compile traces, so it
-    is set here, around the step, not inside the compiled model. torch.compile's caches do not key on it:
-    a graph compiled without it (by this project before it set the switch) is reused as it was.
+    is set here, around every call of the step, not inside the compiled model. Inductor's caches key on
+    the graph it traces, which the switch changes: a graph compiled without it is not reused with it.
     """
     allowed = torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()  # despite the name, every device
     torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)
@@ -225,17 +246,20 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
                 "config": {"model": asdict(model_cfg), "train": asdict(train_cfg)}}
 
     model.train()
-    step = make_train_step(model, optimizer, scheduler, train_cfg, workers)
-    while state.epoch < train_cfg.epochs:
-        improved = run_epoch(state, step, train_split, validation_split, model, scheduler, train_cfg, workers)
-        if workers.is_main:
-            checkpoints.after_epoch(state.epoch, improved, snapshot)
+    with deterministic_algorithms():
+        step = make_train_step(model, optimizer, scheduler, train_cfg, workers)
+        while state.epoch < train_cfg.epochs:
+            improved = run_epoch(state, step, train_split, validation_split, model, scheduler, train_cfg, workers)
+            if workers.is_main:
+                checkpoints.after_epoch(state.epoch, improved, snapshot)
 
     workers.check_identical(model)
     if workers.is_main:
         checkpoints.finish(state.epoch, state.best_epoch, snapshot)
     workers.barrier()
-    return TrainingResult(state, checkpoints.path(LAST), checkpoints.path(BEST), model.num_parameters(), resumed_from)
+    environment = {**workers.environment(), "precision": train_cfg.precision, "compile": train_cfg.compile}
+    return TrainingResult(state, checkpoints.path(LAST), checkpoints.path(BEST), model.num_parameters(), resumed_from,
+                          environment)
 
 
 def run_epoch(state: TrainingState, step: Callable[[torch.Tensor, torch.Tensor], float], train_split: TokenSplit,

@@ -1,0 +1,92 @@
+"""Same commit, same params, same machine: the same model, bit for bit (the train stage, in real processes).
+
+Each run trains the tiny model on one short book (tests/test_faults.py's FAULT_PARAMS) from scratch; the runs
+must agree on every computed figure of metrics/train.json and on every weight of the models and checkpoints. Two
+threads at least: the nondeterminism these tests guard against came from threads adding up one sum at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from src.training.trainer import deterministic_algorithms
+from tests.conftest import REPO_ROOT, run_module, write_params
+from tests.test_faults import FAULT_PARAMS
+
+MODELS = ("data/best_model.pt", "data/final_model.pt", "data/checkpoints/last.pt")
+KILL_ENV = {"PYTHONPATH": f"{REPO_ROOT / 'tests' / 'fault_injection'}:{REPO_ROOT}"}
+
+
+@pytest.fixture(scope="module")
+def tokenized(tmp_path_factory, shared_corpus) -> Path:
+    """FAULT_PARAMS' corpus and tokenizer, ready for the train stage."""
+    workdir = tmp_path_factory.mktemp("reproducibility")
+    write_params(workdir, FAULT_PARAMS)
+    for stage in ("download", "tokenize"):
+        done = run_module(f"src.pipeline.{stage}", workdir, env={"TT_CORPUS_MIRROR": str(shared_corpus)})
+        assert done.returncode == 0, done.stderr
+    return workdir
+
+
+def weights_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in torch.load(path, weights_only=True)["model"].items():
+        digest.update(name.encode() + tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def train_afresh(workdir: Path, cache: Path, env: dict | None = None):
+    """The train stage from scratch, with ``cache`` as torch.compile's cache; its figures and weights."""
+    done = run_module("src.pipeline.train", workdir, env={"TT_TRAIN_FRESH": "1", "TORCHINDUCTOR_CACHE_DIR": str(cache),
+                                                          "OMP_NUM_THREADS": "2", **(env or {})})
+    assert done.returncode == 0, done.stderr
+    return outcome(workdir)
+
+
+def outcome(workdir: Path):
+    return (json.loads((workdir / "metrics/train.json").read_text()),
+            json.loads((workdir / "metrics/train_history.json").read_text()),
+            {name: weights_sha256(workdir / name) for name in MODELS})
+
+
+@pytest.mark.slow
+def test_the_default_settings_repeat_with_a_cold_and_a_warm_compile_cache_and_across_a_kill(tokenized, tmp_path):
+    write_params(tokenized, {"train.precision": "bf16", "train.compile": True})  # the defaults
+    cold = train_afresh(tokenized, tmp_path / "cache")
+    assert cold[0]["environment"]["threads"] == 2 and cold[0]["environment"]["compile"] is True
+    warm = train_afresh(tokenized, tmp_path / "cache")
+    assert warm == cold
+
+    # Killed after epoch 2 is trained, before its first checkpoint is written (the 4th file the stage renames into
+    # place: best, epoch_0001, last, then epoch 2's best); then resumed from epoch 1.
+    shutil.rmtree(tokenized / "data/checkpoints")
+    killed = run_module("src.pipeline.train", tokenized, env={
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "2",
+        **KILL_ENV, "TT_KILL_AT_RENAME": "train:4:before"})
+    assert killed.returncode == -9, killed.stderr
+    resumed = run_module("src.pipeline.train", tokenized, env={"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"),
+                                                               "OMP_NUM_THREADS": "2"})
+    assert resumed.returncode == 0 and "resuming after epoch 1 of 2" in resumed.stderr, resumed.stderr
+    assert outcome(tokenized) == cold
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+@pytest.mark.parametrize("compiled", [True, False])
+def test_every_precision_and_compile_setting_repeats(tokenized, tmp_path, precision, compiled):
+    write_params(tokenized, {"train.precision": precision, "train.compile": compiled})
+    first = train_afresh(tokenized, tmp_path / "cache")
+    assert train_afresh(tokenized, tmp_path / "cache") == first
+
+
+def test_deterministic_algorithms_hold_only_while_training():
+    before = torch.are_deterministic_algorithms_enabled()
+    with deterministic_algorithms():
+        assert torch.are_deterministic_algorithms_enabled()
+    assert torch.are_deterministic_algorithms_enabled() == before
