@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from src.model.checkpoint import CheckpointError, code_digest, load_checkpoint, load_model, save_checkpoint
+from src.model.checkpoint import (CheckpointError, code_digest, export_model, load_checkpoint, load_model,
+                                  save_checkpoint)
 from src.model.transformer import ModelShape
 from tests.conftest import TRAIN, VOCAB, run
 
@@ -120,3 +121,13 @@ def test_a_loaded_state_can_be_saved_again_as_it_is(checkpoint, tmp_path):
     assert load_checkpoint(tmp_path / "again.pt")["content_sha256"] == state["content_sha256"]
     model, _ = load_model(tmp_path / "again.pt")
     assert model.shape == ModelShape(**state["shape"])
+
+
+def test_two_runs_of_one_recipe_export_byte_identical_models(synthetic_tokens, tmp_path):
+    """The exported model carries no timing: nothing in it changes between two runs of one recipe."""
+    one_epoch = dataclasses.replace(TRAIN, epochs=1)
+    for name in ("a", "b"):
+        result = run(synthetic_tokens, tmp_path / name, one_epoch)
+        export_model(result.best_checkpoint, tmp_path / f"{name}.pt")
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+    assert "timings" not in load_checkpoint(tmp_path / "a.pt")

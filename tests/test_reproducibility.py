@@ -20,6 +20,7 @@ from tests.conftest import REPO_ROOT, run_module, write_params
 from tests.test_faults import FAULT_PARAMS
 
 MODELS = ("data/best_model.pt", "data/final_model.pt", "data/checkpoints/last.pt")
+EXPORTS = ("data/best_model.pt", "data/final_model.pt")
 KILL_ENV = {"PYTHONPATH": f"{REPO_ROOT / 'tests' / 'fault_injection'}:{REPO_ROOT}"}
 
 
@@ -50,9 +51,11 @@ def train_afresh(workdir: Path, cache: Path, env: dict | None = None):
 
 
 def outcome(workdir: Path):
+    """The figures, the weights, and the exported models' bytes (the checkpoints also hold timings)."""
     return (json.loads((workdir / "metrics/train.json").read_text()),
             json.loads((workdir / "metrics/train_history.json").read_text()),
-            {name: weights_sha256(workdir / name) for name in MODELS})
+            {name: weights_sha256(workdir / name) for name in MODELS},
+            {name: hashlib.sha256((workdir / name).read_bytes()).hexdigest() for name in EXPORTS})
 
 
 @pytest.mark.slow

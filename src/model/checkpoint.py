@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -78,17 +79,36 @@ def content_sha256(value: Any) -> str:
     return digest.hexdigest()
 
 
+def _holds_tensors(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(_holds_tensors(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_tensors(item) for item in value)
+    return isinstance(value, torch.Tensor)
+
+
+def _canonical(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with its plain-data entries rebuilt through one JSON round trip, so equal content pickles to
+    equal bytes: pickle writes a repeated string once only when it is one object, which depends on whether
+    the value was read back from a checkpoint or made in this process; json.loads makes every repeated key
+    one object."""
+    plain = {key: value for key, value in state.items() if not _holds_tensors(value)}
+    rebuilt = json.loads(json.dumps(plain))
+    return {key: rebuilt[key] if key in rebuilt else value for key, value in state.items()}
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Serialise ``state`` with its format and content hash, and write it atomically (temporary file, fsync,
-    rename). A state read back from a checkpoint may be saved again as it is."""
-    content = {k: v for k, v in state.items() if k not in (_FORMAT, _CONTENT_SHA256)}
+    rename). Equal content gives equal bytes; a state read back from a checkpoint may be saved again as it is."""
+    content = _canonical({k: v for k, v in state.items() if k not in (_FORMAT, _CONTENT_SHA256)})
     buffer = io.BytesIO()
     torch.save({_FORMAT: FORMAT_VERSION, _CONTENT_SHA256: content_sha256(content), **content}, buffer)
     write_atomic(Path(path), buffer.getvalue())
 
 
-# What only resuming needs: left out of the models users load (a third of the size, less memory).
-TRAINING_ONLY = ("optimizer", "scheduler", "rng")
+# What only resuming needs, left out of the models users load (a third of the size, less memory), and the
+# timings, which no two runs share: two runs of one recipe on one machine export byte-identical models.
+TRAINING_ONLY = ("optimizer", "scheduler", "rng", "timings")
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -61,8 +61,8 @@ def write_outputs(result: TrainingResult) -> None:
     state = result.state
     history = state.history
     last = history[-1]
-    total_seconds = sum(h["seconds"] for h in history)
-    tokens_per_sec = sum(h["tokens_per_sec"] * h["seconds"] for h in history) / total_seconds
+    total_seconds = sum(t["seconds"] for t in result.timings)
+    tokens_per_sec = sum(t["tokens_per_sec"] * t["seconds"] for t in result.timings) / total_seconds
     best = next(h for h in history if h["epoch"] == state.best_epoch)
     results = {
         "epochs": state.epoch,
@@ -75,8 +75,8 @@ def write_outputs(result: TrainingResult) -> None:
         "parameters": result.parameters,
     }
     speed = {"total_training_time": total_seconds, "tokens_per_sec": tokens_per_sec}
-    write_json(paths.TRAINING_METRICS, {"epoch_history": history, "final_metrics": {**results, **speed},
-                                        "environment": result.environment})
+    write_json(paths.TRAINING_METRICS, {"epoch_history": [{**h, **t} for h, t in zip(history, result.timings)],
+                                        "final_metrics": {**results, **speed}, "environment": result.environment})
     write_json(paths.TRAIN_METRICS, {**rounded(results), "environment": result.environment})
     write_json(paths.TRAIN_SPEED, rounded(speed))
     write_json(paths.TRAIN_PLOT, [{k: h[k] for k in ("epoch", "train_loss", "validation_loss", "learning_rate")}

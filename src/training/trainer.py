@@ -43,6 +43,7 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainingState:
+    """What training computed so far: the same in every run of a recipe on one machine (timings are apart)."""
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
     history: list[dict[str, float]] = field(default_factory=list)
@@ -58,6 +59,7 @@ class TrainingResult:
     parameters: int
     resumed_from_epoch: int
     environment: dict[str, object]  # what the numbers depend on beyond the recipe (Workers.environment)
+    timings: list[dict[str, float]]  # each epoch's seconds and tokens/s
 
 
 @contextlib.contextmanager
@@ -220,7 +222,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
     optimizer = make_optimizer(model, train_cfg)
     scheduler = warmup_cosine(optimizer, train_cfg.warmup_steps, total_steps, train_cfg.min_lr_ratio)
     stamp = fingerprint(model_cfg, train_cfg, tokens_dir, tokenizer_file)
-    state = TrainingState()
+    state, timings = TrainingState(), []
 
     # Rank 0 tidies the folder first, so that every worker then finds the same resume point.
     checkpoints = RunCheckpoints(checkpoint_dir, stamp, train_cfg.checkpoint_every)
@@ -235,13 +237,13 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         torch.set_rng_state(resume["rng"])
-        state = TrainingState(**resume["training_state"])
+        state, timings = TrainingState(**resume["training_state"]), resume["timings"]
         log.info("resuming after epoch %d of %d (step %d)", state.epoch, train_cfg.epochs, state.step)
     resumed_from = state.epoch
 
     def snapshot() -> dict[str, Any]:
         return {"epoch": state.epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "timings": timings,
                 "training_state": asdict(state), "shape": asdict(model.shape), "fingerprint": stamp,
                 "config": {"model": asdict(model_cfg), "train": asdict(train_cfg)}}
 
@@ -249,7 +251,9 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
     with deterministic_algorithms():
         step = make_train_step(model, optimizer, scheduler, train_cfg, workers)
         while state.epoch < train_cfg.epochs:
-            improved = run_epoch(state, step, train_split, validation_split, model, scheduler, train_cfg, workers)
+            improved, timing = run_epoch(state, step, train_split, validation_split, model, scheduler, train_cfg,
+                                         workers)
+            timings.append(timing)
             if workers.is_main:
                 checkpoints.after_epoch(state.epoch, improved, snapshot)
 
@@ -259,13 +263,13 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
     workers.barrier()
     environment = {**workers.environment(), "precision": train_cfg.precision, "compile": train_cfg.compile}
     return TrainingResult(state, checkpoints.path(LAST), checkpoints.path(BEST), model.num_parameters(), resumed_from,
-                          environment)
+                          environment, timings)
 
 
 def run_epoch(state: TrainingState, step: Callable[[torch.Tensor, torch.Tensor], float], train_split: TokenSplit,
               validation_split: TokenSplit, model: TinyTransformer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-              cfg: TrainConfig, workers: Workers) -> bool:
-    """Train one epoch, evaluate, and record it in ``state``; True when the validation loss improved."""
+              cfg: TrainConfig, workers: Workers) -> tuple[bool, dict[str, float]]:
+    """Train one epoch, evaluate, and record it in ``state``; (did the validation loss improve, the epoch's timing)."""
     epoch, length = state.epoch + 1, cfg.max_seq_length
     steps_per_epoch = train_split.batches_per_epoch(length, cfg.batch_size)
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
@@ -294,17 +298,17 @@ def run_epoch(state: TrainingState, step: Callable[[torch.Tensor, torch.Tensor],
     state.history.append({
         "epoch": epoch, "train_loss": loss_sum / tokens_seen, "validation_loss": validation_loss,
         "validation_bits_per_byte": bits_per_byte, "learning_rate": scheduler.get_last_lr()[0],
-        "seconds": time.perf_counter() - started, "tokens_per_sec": tokens_seen / train_seconds,
     })
+    timing = {"seconds": time.perf_counter() - started, "tokens_per_sec": tokens_seen / train_seconds}
     log.info("epoch %d/%d: train loss %.4f, validation loss %.4f (%.3f bits/byte), %.0f tokens/s, %.1fs",
-             epoch, cfg.epochs, loss_sum / tokens_seen, validation_loss, bits_per_byte,
-             tokens_seen / train_seconds, state.history[-1]["seconds"])
+             epoch, cfg.epochs, loss_sum / tokens_seen, validation_loss, bits_per_byte, timing["tokens_per_sec"],
+             timing["seconds"])
     if epoch >= 2 and validation_loss > cfg.plateau_loss:
         log.warning("validation loss %.2f is still above %.1f after %d epochs: the model is barely learning. "
                     "Try a different learning_rate (now %g), more epochs, or check the corpus and tokenizer "
                     "metrics (README: Troubleshooting).", validation_loss, cfg.plateau_loss, epoch,
                     cfg.learning_rate)
     if validation_loss >= state.best_validation_loss:
-        return False
+        return False, timing
     state.best_epoch, state.best_validation_loss = epoch, validation_loss
-    return True
+    return True, timing
