@@ -191,3 +191,8 @@ def test_dropout_is_active_only_in_training():
     assert not torch.equal(model(tokens), model(tokens))
     model.eval()
     assert torch.equal(model(tokens), model(tokens))
+
+
+@pytest.mark.parametrize("shape", [SHAPE, replace(SHAPE, n_layers=3, d_ff=48, vocab_size=50)])
+def test_the_parameter_count_of_a_shape_is_the_models(shape):
+    assert shape.parameter_count == TinyTransformer(shape).num_parameters()

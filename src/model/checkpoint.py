@@ -148,16 +148,16 @@ def _recorded_shape(state: dict[str, Any], path: Path) -> ModelShape:
 
 
 def _check_weights(weights: Any, shape: ModelShape, path: Path) -> None:
-    """The checkpoint must hold exactly the tensors a model of ``shape`` has, each of its size and dtype."""
-    with torch.device("meta"):  # a model that allocates nothing, whatever the shape
-        expected = TinyTransformer(shape).state_dict()
-    if not isinstance(weights, dict) or sorted(weights) != sorted(expected):
-        raise CheckpointError(f"checkpoint {path} does not hold the weights of the model shape it records")
-    for name, tensor in expected.items():
-        held = weights[name]
-        if not isinstance(held, torch.Tensor) or held.shape != tensor.shape or held.dtype != tensor.dtype:
-            raise CheckpointError(f"checkpoint {path}: {name} is not a {tensor.dtype} tensor of shape "
-                                  f"{tuple(tensor.shape)}")
+    """The checkpoint must hold, in fp32 tensors, as many weights as a model of ``shape`` has: the model is
+    only built (and its tensors allocated) once the file is known to hold them. Names and sizes are checked
+    by ``load_state_dict`` after."""
+    if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
+        raise CheckpointError(f"checkpoint {path} does not hold the weights of a model")
+    storages = {t.untyped_storage().data_ptr(): t for t in weights.values()}  # the tied head is stored once
+    held = sum(t.numel() for t in storages.values())
+    if held != shape.parameter_count or any(t.dtype != torch.float32 for t in weights.values()):
+        raise CheckpointError(f"checkpoint {path} holds {held} weights; the model shape it records has "
+                              f"{shape.parameter_count} fp32 weights")
 
 
 def load_model(path: Path) -> tuple[TinyTransformer, dict[str, Any]]:
@@ -168,7 +168,11 @@ def load_model(path: Path) -> tuple[TinyTransformer, dict[str, Any]]:
     model = TinyTransformer(shape)
     # assign: the model takes the checkpoint's memory-mapped tensors instead of copying them (the
     # initial ones are freed), so the weights are held once and only their pages in use are resident.
-    model.load_state_dict(state["model"], assign=True)
+    try:
+        model.load_state_dict(state["model"], assign=True)
+    except RuntimeError as exc:  # missing, unexpected or mis-sized tensors
+        raise CheckpointError(f"checkpoint {path} does not fit the model shape it records: "
+                              f"{' '.join(str(exc).split())}") from None
     model.tie_weights()
     model.eval()
     return model, {k: v for k, v in state.items() if k not in ("model", *TRAINING_ONLY)}

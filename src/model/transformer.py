@@ -53,6 +53,13 @@ class ModelShape:
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
+    @property
+    def parameter_count(self) -> int:
+        """Parameters of the model this shape builds, counted without building it (the head is the embedding)."""
+        d, f = self.d_model, self.d_ff
+        block = 2 * d + 3 * d * d + d * d + 2 * d + d * f + f + f * d + d  # norm, qkv, out, norm, up, down
+        return self.vocab_size * d + self.n_layers * block + 2 * d
+
 
 class RotaryEmbedding(nn.Module):
     """RoPE: position p turns each pair of channels (i, i + hd/2) by the angle p * theta_i.
