@@ -1,11 +1,11 @@
-"""Generation latency and memory of the trained model, measured the way a user runs it.
+"""Generation latency and memory, the bundle's runtime and the PyTorch path side by side, as a user runs them.
 
-    python -m bench.inference [--runs 5] [--tokens 128] [--json]
+    python -m bench.inference [--runs 6] [--tokens 128] [--json]
 
-Each run is a fresh `python -m src.cli.minimal_llm generate --json` process (so RSS is what a user
-sees), continuing the English and the Spanish validation prompts in turn with the KV cache. Reports
-the median over runs of each figure: per-token latency p50/p95, time to first token, tokens/s, RSS
-and peak memory.
+Each run is a fresh `python -m src.cli.minimal_llm generate --json` process (so RSS is what a user sees),
+the two paths alternating, continuing the English and the Spanish validation prompts in turn. Reports
+each path's median over its runs of every figure: per-token latency p50/p95, time to first token,
+tokens/s, RSS and peak memory, load time; and the runtime's tokens/s over the PyTorch path's.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ FIGURES = ("latency_p50_ms", "latency_p95_ms", "time_to_first_token_ms", "tokens
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=6)
+    parser.add_argument("--runs", type=int, default=6, help="runs of each path")
     parser.add_argument("--tokens", type=int, default=128, help="new tokens per run")
     parser.add_argument("--warmup_tokens", type=int, default=8)
+    parser.add_argument("--bundle", type=Path, default=paths.BUNDLE_DIR)
     parser.add_argument("--model", type=Path, default=paths.BEST_MODEL)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--json", action="store_true", help="print one JSON line")
@@ -36,24 +37,31 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = load_config(args.params).validate
     prompts = (cfg.prompt_en, cfg.prompt_es)
-    runs = []
+    sources = {"bundle": ["--bundle", str(args.bundle)], "pytorch": ["--model", str(args.model)]}
+    runs: dict[str, list[dict]] = {path: [] for path in sources}
     for run in range(args.runs):
-        command = [sys.executable, "-m", "src.cli.minimal_llm", "generate", "--json", "--ignore_eos",
-                   "--prompt", prompts[run % 2], "--max_tokens", str(args.tokens), "--seed", str(run),
-                   "--warmup_tokens", str(args.warmup_tokens), "--model", str(args.model)]
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.exit(f"generation failed: {done.stderr.strip()}")
-        runs.append(json.loads(done.stdout)["metrics"])
-    result = {"benchmark": "inference", "runs": args.runs, "tokens": args.tokens,
-              **{name: round(statistics.median(r[name] for r in runs), 4) for name in FIGURES},
-              "worst_latency_p95_ms": max(r["latency_p95_ms"] for r in runs),
-              "worst_rss_mb": max(r["rss_mb"] for r in runs)}
+        for path, source in sources.items():
+            command = [sys.executable, "-m", "src.cli.minimal_llm", "generate", "--json", "--ignore_eos",
+                       "--prompt", prompts[run % 2], "--max_tokens", str(args.tokens), "--seed", str(run),
+                       "--warmup_tokens", str(args.warmup_tokens), *source]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                sys.exit(f"generation through the {path} path failed: {done.stderr.strip()}")
+            runs[path].append(json.loads(done.stdout)["metrics"])
+    result = {"benchmark": "inference", "runs": args.runs, "tokens": args.tokens}
+    for path, measured in runs.items():
+        result[path] = {**{name: round(statistics.median(r[name] for r in measured), 4) for name in FIGURES},
+                        "worst_latency_p95_ms": max(r["latency_p95_ms"] for r in measured),
+                        "worst_rss_mb": max(r["rss_mb"] for r in measured),
+                        "worst_peak_mb": max(r["peak_mb"] for r in measured)}
+    result["runtime_speedup"] = round(result["bundle"]["tokens_per_sec"] / result["pytorch"]["tokens_per_sec"], 3)
     if args.json:
         print(json.dumps(result))
     else:
-        for name, value in result.items():
-            print(f"{name:>24}: {value}")
+        print(f"{'':>24}  {'bundle (numpy)':>15}  {'pytorch':>10}")
+        for name in (*FIGURES, "worst_latency_p95_ms", "worst_rss_mb", "worst_peak_mb"):
+            print(f"{name:>24}  {result['bundle'][name]:>15}  {result['pytorch'][name]:>10}")
+        print(f"{'runtime tokens/s ratio':>24}  {result['runtime_speedup']:>15}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ usage() {
   cat <<'EOF'
 Usage: ./scripts/train_pipeline.sh [options]
 
-Runs download -> tokenize -> train -> validate through DVC and prints a summary. Every option and
+Runs download -> tokenize -> train -> bundle -> validate through DVC and prints a summary. Every option and
 params.yaml are checked before DVC starts; when a stage fails, the outputs DVC removed before running it
 are put back from its cache (python -m src.pipeline.restore STAGE).
 
@@ -24,7 +24,7 @@ Options:
                           (without it, existing checkpoints are set aside and training starts over)
   --skip-corpus           keep the existing corpus; start from the tokenize stage
   --skip-tokenizer        keep the existing corpus and tokenizer; start from the train stage
-  --output-dir DIR        copy the models, tokenizer and metrics here at the end
+  --output-dir DIR        copy the models, tokenizer, metrics and the bundle here at the end
   -h, --help              show this help
 
 With a parameter option the run is a DVC experiment (`dvc exp run -S key=value`): the workspace
@@ -96,13 +96,14 @@ fi
 phase_of() {
   case "$1" in
     check_params) echo "Checking params" ;; download) echo "Phase 1/4: Corpus" ;; tokenize) echo "Phase 2/4: Tokenizer" ;;
-    train) echo "Phase 3/4: Training" ;; validate) echo "Phase 4/4: Validation" ;; *) echo "$1" ;;
+    train) echo "Phase 3/4: Training" ;; bundle) echo "Phase 3/4: Training (bundle)" ;;
+    validate) echo "Phase 4/4: Validation" ;; *) echo "$1" ;;
   esac
 }
 code_of() {
   case "$1" in
     download) echo "$EXIT_CORPUS" ;; tokenize) echo "$EXIT_TOKENIZER" ;;
-    train) echo "$EXIT_TRAINING" ;; validate) echo "$EXIT_VALIDATION" ;; *) echo "$EXIT_PREREQUISITES" ;;
+    train|bundle) echo "$EXIT_TRAINING" ;; validate) echo "$EXIT_VALIDATION" ;; *) echo "$EXIT_PREREQUISITES" ;;
   esac
 }
 
@@ -142,6 +143,7 @@ fi
 # --- Summary --------------------------------------------------------------------------------
 if [ -n "$output_dir" ]; then
   cp data/best_model.pt data/final_model.pt data/tokenizer.model data/tokenizer.vocab metrics/*.json "$output_dir"/ \
+    && cp -r dist/tinytransformer "$output_dir"/ \
     || fail "$EXIT_PREREQUISITES" "copying the artifacts to $output_dir failed"
 fi
 python - "$((SECONDS - started))" "${output_dir:-data}" <<'EOF'
@@ -159,6 +161,7 @@ print(f"  training time {speed['total_training_time']:.0f} s ({speed['tokens_per
       f"this run {seconds} s")
 for name, budget in validate["budgets"].items():
     print(f"  budget {name}: {budget['value']:g} <= {budget['limit']:g} {'ok' if budget['passed'] else 'FAILED'}")
-print(f"  artifacts: {artifacts}/best_model.pt, {artifacts}/final_model.pt, {artifacts}/tokenizer.model")
+print(f"  artifacts: {artifacts}/best_model.pt, {artifacts}/final_model.pt, {artifacts}/tokenizer.model; "
+      f"the bundle: {artifacts if artifacts != 'data' else 'dist'}/tinytransformer")
 EOF
 exit "$EXIT_OK"

@@ -248,6 +248,14 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class GenerationConfig:
+    """The sampling a bundle ships as its default (generation.json); a generate call's options override it."""
+    temperature: float = number("generation.temperature", float, 0, 10)  # 0 = greedy
+    top_k: int = number("generation.top_k", int, 0, 65536)  # 0 = no cut
+    top_p: float = number("generation.top_p", float, 0, 1, lo_open=True)  # 1 = no cut
+
+
+@dataclass(frozen=True)
 class BudgetConfig:
     rss_mb: float = number("validate.budgets.rss_mb", float, 0, 1_000_000, lo_open=True)
     peak_mb: float = number("validate.budgets.peak_mb", float, 0, 1_000_000, lo_open=True)
@@ -276,10 +284,13 @@ class Config:
     tokenizer: TokenizerConfig
     model: ModelConfig
     train: TrainConfig
+    generation: GenerationConfig
     validate: ValidateConfig
 
 
-_SECTION_TYPES = (CorpusConfig, SplitConfig, TokenizerConfig, ModelConfig, TrainConfig, ValidateConfig)
+_SECTION_TYPES = (CorpusConfig, SplitConfig, TokenizerConfig, ModelConfig, TrainConfig, GenerationConfig,
+                  ValidateConfig)
+_NESTED_TYPES = (BudgetConfig,)
 
 
 def params_keys(*sections: type) -> list[str]:
@@ -355,9 +366,9 @@ def config_from_dict(raw: Any, source: str = "params.yaml") -> Config:
 
 
 def sections_read_by(stage: Callable[..., Any]) -> list[type]:
-    """The config section types a stage function takes: what it reads of params.yaml."""
+    """The config section types (nested ones too) a stage function takes: what it reads of params.yaml."""
     hints = typing.get_type_hints(stage)
-    return [t for t in hints.values() if t in _SECTION_TYPES]
+    return [t for t in hints.values() if t in _SECTION_TYPES + _NESTED_TYPES]
 
 
 def parse_yaml(text: str, source: str) -> Any:

@@ -10,6 +10,7 @@ PARAMS_CHECKED = DATA / "params_checked"
 RAW_DIR = DATA / "raw"
 CORPUS_FILE = DATA / "corpus_bilingual.txt"
 CORPUS_INDEX_FILE = DATA / "corpus_index.json"
+CORPUS_SOURCES = DATA / "corpus_sources.json"  # each book's title, author, origin, language, share and licence
 CORPUS_METRICS = METRICS / "corpus.json"
 
 TOKENIZER_MODEL = DATA / "tokenizer.model"
@@ -24,6 +25,8 @@ TRAINING_METRICS = DATA / "training_metrics.json"
 TRAIN_METRICS = METRICS / "train.json"
 TRAIN_SPEED = METRICS / "train_speed.json"
 TRAIN_PLOT = METRICS / "train_history.json"
+
+BUNDLE_DIR = Path("dist") / "tinytransformer"
 
 SAMPLES = METRICS / "samples.json"
 VALIDATE_METRICS = METRICS / "validate.json"

@@ -246,11 +246,11 @@ TINY_PARAMS = {
 
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory, shared_corpus) -> Path:
-    """A directory where download, tokenize and train have run with TINY_PARAMS (copy before changing it)."""
+    """A directory where download, tokenize, train and bundle have run with TINY_PARAMS (copy before changing it)."""
     workdir = tmp_path_factory.mktemp("tiny_pipeline")
     write_params(workdir, TINY_PARAMS)
     env = {"TT_CORPUS_MIRROR": str(shared_corpus)}
-    for stage in ("download", "tokenize", "train"):
+    for stage in ("download", "tokenize", "train", "bundle"):
         done = run_module(f"src.pipeline.{stage}", workdir, env=env)
         assert done.returncode == 0, f"{stage} failed:\n{done.stderr}"
     return workdir

@@ -20,12 +20,15 @@ def test_train_throughput_reports_both_variants(tiny_pipeline):
                                       / result["reference_fp32_eager"]["tokens_per_sec"], 3)
 
 
-def test_inference_reports_latency_and_memory(tiny_pipeline):
+def test_inference_reports_both_paths_side_by_side(tiny_pipeline):
     done = run_module("bench.inference", tiny_pipeline, "--runs", "2", "--tokens", "16", "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    for figure in ("latency_p50_ms", "latency_p95_ms", "time_to_first_token_ms", "tokens_per_sec", "rss_mb"):
-        assert result[figure] > 0, figure
+    for path in ("bundle", "pytorch"):
+        for figure in ("latency_p50_ms", "latency_p95_ms", "time_to_first_token_ms", "tokens_per_sec", "rss_mb"):
+            assert result[path][figure] > 0, (path, figure)
+    assert result["runtime_speedup"] == round(result["bundle"]["tokens_per_sec"]
+                                              / result["pytorch"]["tokens_per_sec"], 3)
 
 
 @pytest.mark.slow

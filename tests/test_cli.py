@@ -17,11 +17,13 @@ from hypothesis import strategies as st
 from src.cli.minimal_llm import MAX_TOKENS, main
 from src.config import TokenizerConfig
 from src.data.tokenizer import train_tokenizer
-from src.inference.generate import Sampling, next_token
 from src.model.checkpoint import load_checkpoint, save_checkpoint
 from tests.conftest import REPO_ROOT, run_module, write_params
 
 CLI = "src.cli.minimal_llm"
+
+
+CHECKPOINT = ("--model", "data/best_model.pt")  # the PyTorch path; without it the CLI runs dist/tinytransformer
 
 
 def generate(workdir, *args):
@@ -62,7 +64,9 @@ def test_plain_output_is_the_prompt_and_its_continuation(tiny_pipeline):
     (["--prompt", "hi", "--top_p", "1.5"], "--top_p must be in (0, 1]"),
     (["--prompt", "hi", "--top_k", "-2"], "--top_k must be 0 (off) or more"),
     (["--prompt", "hi", "--model", "data/nothing_here.pt"], "run `dvc repro train` (or `dvc pull`) first"),
-    (["--prompt", "hi", "--tokenizer", "data/nothing_here.model"], "run `dvc repro tokenize` (or `dvc pull`) first"),
+    (["--prompt", "hi", *CHECKPOINT, "--tokenizer", "data/nothing_here.model"],
+     "run `dvc repro tokenize` (or `dvc pull`) first"),
+    (["--prompt", "hi", "--bundle", "dist/nothing_here"], "dist/nothing_here is not a directory"),
     (["--prompt", "x" * 2001, "--safety-mode", "strict"], "at most 2000 characters"),
     (["--prompt", "hi", "--max_tokens", "257", "--safety-mode", "strict"],
      "--max_tokens must be between 1 and 256 in --safety-mode strict"),
@@ -78,13 +82,13 @@ def test_a_tokenizer_with_other_pieces_of_the_same_size_is_refused(tiny_pipeline
     cfg = TokenizerConfig(vocab_size=1000, model_type="bpe", character_coverage=0.9995, threads=2, seed=1)
     other = train_tokenizer([line for line in lines if line.strip()], cfg, tmp_path / "bpe.model", tmp_path / "bpe.vocab")
     assert other.get_piece_size() == torch.load(tiny_pipeline / "data/best_model.pt")["shape"]["vocab_size"]
-    done = generate(tiny_pipeline, "--prompt", "hi", "--tokenizer", str(tmp_path / "bpe.model"))
+    done = generate(tiny_pipeline, "--prompt", "hi", *CHECKPOINT, "--tokenizer", str(tmp_path / "bpe.model"))
     assert one_line_error(done) and "is not the tokenizer" in done.stderr and "come from different runs" in done.stderr
 
 
 def test_a_damaged_checkpoint_is_a_clear_error(tiny_copy):
     (tiny_copy / "data/best_model.pt").write_bytes(b"not a checkpoint")
-    done = generate(tiny_copy, "--prompt", "hi")
+    done = generate(tiny_copy, "--prompt", "hi", *CHECKPOINT)
     assert one_line_error(done) and "cannot be read" in done.stderr
 
 
@@ -93,7 +97,7 @@ def test_a_byte_changed_inside_the_models_weights_is_refused(tiny_copy):
     data = bytearray(path.read_bytes())
     data[int(len(data) * 0.6)] ^= 0x01  # inside the tensors, which make up most of the file
     path.write_bytes(bytes(data))
-    done = generate(tiny_copy, "--prompt", "hi")
+    done = generate(tiny_copy, "--prompt", "hi", *CHECKPOINT)
     assert one_line_error(done) and "is damaged" in done.stderr
 
 
@@ -101,7 +105,7 @@ def test_a_recorded_shape_that_asks_for_gigabytes_is_refused(tiny_copy):
     state = load_checkpoint(tiny_copy / "data/best_model.pt")
     state["shape"]["vocab_size"] = 2**40
     save_checkpoint(tiny_copy / "data/best_model.pt", state)
-    done = generate(tiny_copy, "--prompt", "hi")
+    done = generate(tiny_copy, "--prompt", "hi", *CHECKPOINT)
     assert one_line_error(done) and "records an impossible model shape" in done.stderr
 
 
@@ -109,7 +113,7 @@ def test_a_recorded_shape_that_asks_for_gigabytes_is_refused(tiny_copy):
 def test_a_damaged_tokenizer_is_a_clear_error(tiny_copy, damage):
     path = tiny_copy / "data/tokenizer.model"
     path.write_bytes(path.read_bytes()[:5000] if damage is None else damage)
-    done = generate(tiny_copy, "--prompt", "hi")
+    done = generate(tiny_copy, "--prompt", "hi", *CHECKPOINT)
     assert one_line_error(done), done.stderr
 
 
@@ -177,10 +181,14 @@ def test_the_streamed_text_is_the_text_json_reports(tiny_pipeline):
     assert plain.stdout == "En un lugar de la Mancha" + json.loads(as_json.stdout)["text"] + "\n"
 
 
-def test_strict_mode_enforces_the_budgets(tiny_copy):
-    write_params(tiny_copy, {"validate.budgets.rss_mb": 1})
-    done = generate(tiny_copy, "--prompt", "hi", "--max_tokens", "5", "--safety-mode", "strict")
+def test_strict_mode_enforces_the_budgets_of_the_bundle_or_of_the_params(tiny_copy):
+    metrics = tiny_copy / "dist/tinytransformer/metrics.json"
+    assert json.loads(metrics.read_text())["budgets"]["rss_mb"] == 64
+    write_params(tiny_copy, {"validate.budgets.rss_mb": 1})  # a checkpoint's budgets are the params'
+    done = generate(tiny_copy, "--prompt", "hi", "--max_tokens", "5", "--safety-mode", "strict", *CHECKPOINT)
     assert done.returncode == 5 and "over budget (rss_mb" in done.stderr
+    done = generate(tiny_copy, "--prompt", "hi", "--max_tokens", "5", "--safety-mode", "strict")
+    assert done.returncode == 0, done.stderr  # the bundle carries its own, and fits them
 
 
 def test_strict_mode_strips_control_characters(tiny_pipeline):
@@ -189,15 +197,6 @@ def test_strict_mode_strips_control_characters(tiny_pipeline):
     assert done.returncode == 0, done.stderr
     text = json.loads(done.stdout)["text"]
     assert not any(ord(c) < 32 and c not in "\t\n" or 0x7f <= ord(c) <= 0x9f for c in text)
-
-
-def test_sampling_cuts():
-    logits = torch.tensor([5.0, 4.0, 1.0, 0.0])
-    generator = torch.Generator().manual_seed(0)
-    assert next_token(logits, Sampling(temperature=0), generator) == 0
-    assert {next_token(logits, Sampling(1.0, top_k=2), generator) for _ in range(200)} == {0, 1}
-    # top_p 0.5: the most likely token alone already holds more than half the mass.
-    assert {next_token(logits, Sampling(1.0, top_p=0.5), generator) for _ in range(50)} == {0}
 
 
 # Option values of every kind a careless or hostile user could type, as text.
@@ -212,12 +211,15 @@ NUMBERS = st.one_of(st.integers(), st.floats(), st.text(max_size=6)).map(str)
        max_tokens=st.one_of(st.integers(max_value=20), st.integers(min_value=MAX_TOKENS + 1),
                             st.text(max_size=6)).map(str),
        safety_mode=st.sampled_from(["off", "strict", "paranoid"]),
-       flags=st.sets(st.sampled_from(["--json", "--ignore_eos"])))
+       flags=st.sets(st.sampled_from(["--json", "--ignore_eos"])),
+       source=st.sampled_from(["bundle", "checkpoint"]))
 def test_any_option_values_exit_with_a_documented_code_and_one_line_never_a_traceback(
-        tiny_pipeline, prompt, options, max_tokens, safety_mode, flags):
+        tiny_pipeline, prompt, options, max_tokens, safety_mode, flags, source):
     """In-process, so that many inputs run in seconds (generation is kept to at most 20 tokens)."""
-    argv = ["generate", "--prompt", prompt, "--model", str(tiny_pipeline / "data/best_model.pt"),
-            "--tokenizer", str(tiny_pipeline / "data/tokenizer.model"), "--params", str(tiny_pipeline / "params.yaml"),
+    model = (["--bundle", str(tiny_pipeline / "dist/tinytransformer")] if source == "bundle" else
+             ["--model", str(tiny_pipeline / "data/best_model.pt"), "--tokenizer",
+              str(tiny_pipeline / "data/tokenizer.model")])
+    argv = ["generate", "--prompt", prompt, *model, "--params", str(tiny_pipeline / "params.yaml"),
             "--max_tokens", max_tokens, "--safety-mode", safety_mode, *sorted(flags)]
     for option, value in options.items():
         argv += [option, value]

@@ -3,7 +3,7 @@
 import pytest
 
 from src.data.tokenizer import load_tokenizer
-from src.inference.detokenize import Detokenizer
+from src.lib.runtime.detokenize import Detokenizer
 
 
 @pytest.fixture(scope="module")

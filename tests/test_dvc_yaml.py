@@ -18,6 +18,7 @@ STAGES = {
     "download": ("src.pipeline.download", "download"),
     "tokenize": ("src.pipeline.tokenize", "tokenize"),
     "train": ("src.pipeline.train", "run_train"),
+    "bundle": ("src.pipeline.bundle", "make_bundle"),
     "validate": ("src.pipeline.validate", "validate"),
 }
 # Modules a stage runs in a child process rather than imports.
@@ -25,13 +26,14 @@ RUNS = {"validate": ["src.cli.minimal_llm"]}
 
 OUTS = {
     "check_params": [paths.PARAMS_CHECKED],
-    "download": [paths.RAW_DIR, paths.CORPUS_FILE, paths.CORPUS_INDEX_FILE],
+    "download": [paths.RAW_DIR, paths.CORPUS_FILE, paths.CORPUS_INDEX_FILE, paths.CORPUS_SOURCES],
     "tokenize": [paths.TOKENIZER_MODEL, paths.TOKENIZER_VOCAB, paths.TOKENS_DIR],
     "train": [paths.CHECKPOINT_DIR, paths.BEST_MODEL, paths.FINAL_MODEL, paths.TRAINING_METRICS, paths.TRAIN_PLOT],
+    "bundle": [paths.BUNDLE_DIR],
     "validate": [paths.SAMPLES],
 }
 METRICS = {"check_params": [], "download": [paths.CORPUS_METRICS], "tokenize": [paths.TOKENIZER_METRICS],
-           "train": [paths.TRAIN_METRICS, paths.TRAIN_SPEED], "validate": [paths.VALIDATE_METRICS]}
+           "train": [paths.TRAIN_METRICS, paths.TRAIN_SPEED], "bundle": [], "validate": [paths.VALIDATE_METRICS]}
 
 
 def test_every_stage_is_checked():

@@ -26,7 +26,7 @@ TRAIN_OUTPUTS = ("data/checkpoints/last.pt", "data/checkpoints/best.pt", "data/c
                  "data/checkpoints/epoch_0002.pt", "data/best_model.pt", "data/final_model.pt",
                  "data/training_metrics.json", "metrics/train.json", "metrics/train_history.json")
 DATA_OUTPUTS = ("data/params_checked", "data/raw/pg11.txt", "data/corpus_bilingual.txt", "data/corpus_index.json",
-                "metrics/corpus.json", "data/tokenizer.model", "data/tokenizer.vocab", "data/tokens/train.bin",
+                "data/corpus_sources.json", "metrics/corpus.json", "data/tokenizer.model", "data/tokenizer.vocab", "data/tokens/train.bin",
                 "data/tokens/meta.json", "metrics/tokenizer.json")
 TIMING_KEYS = {"total_training_time", "tokens_per_sec", "seconds"}
 KILL_ENV = {"PYTHONPATH": str(REPO_ROOT / "tests" / "fault_injection")}  # tests/fault_injection/sitecustomize.py
@@ -122,7 +122,7 @@ def test_a_key_added_by_exp_run_is_named_with_how_to_remove_it(repo):
 
 
 def test_a_failed_stage_says_how_to_restore_what_dvc_removed_and_restore_does(repo):
-    before = file_bytes(repo, DATA_OUTPUTS[1:5])
+    before = file_bytes(repo, DATA_OUTPUTS[1:6])
     params = repo.path / "params.yaml"
     params.write_text(params.read_text().replace(FAULT_PARAMS["corpus.sources"][0]["sha256"], "f" * 64))
     done = repo.dvc("repro", "download", check=False)
@@ -130,8 +130,9 @@ def test_a_failed_stage_says_how_to_restore_what_dvc_removed_and_restore_does(re
     assert "`python -m src.pipeline.restore download` puts back the ones dvc.lock records" in done.stderr
     assert not (repo.path / "data/corpus_bilingual.txt").exists()  # DVC removed it before running the stage
     restored = repo.run("python", "-m", "src.pipeline.restore", "download")
-    assert "put back data/raw, data/corpus_bilingual.txt, data/corpus_index.json, metrics/corpus.json" in restored.stdout
-    assert file_bytes(repo, DATA_OUTPUTS[1:5]) == before
+    assert ("put back data/raw, data/corpus_bilingual.txt, data/corpus_index.json, data/corpus_sources.json, "
+            "metrics/corpus.json") in restored.stdout
+    assert file_bytes(repo, DATA_OUTPUTS[1:6]) == before
 
 
 def test_a_part_file_left_by_a_crash_is_never_versioned(repo):

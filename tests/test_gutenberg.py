@@ -2,7 +2,7 @@ import unicodedata
 
 import pytest
 
-from src.data.gutenberg import NotTextError, clean_book, strip_boilerplate
+from src.data.gutenberg import NotTextError, read_book, strip_boilerplate
 
 BOM = "\ufeff".encode()
 
@@ -13,25 +13,25 @@ def book(start="*** START OF THE PROJECT GUTENBERG EBOOK TEST ***",
 
 
 def test_current_marker_form_with_bom_and_crlf():
-    text = clean_book(book(), "test")
+    text = read_book(book(), "test").text
     assert text == "Chapter 1\n\nIt was a dark night."
 
 
 def test_older_this_marker_form_and_indented_markers():
     raw = book(start="*** START OF THIS PROJECT GUTENBERG EBOOK ALICE’S ADVENTURES ***",
                end="      *** END OF THIS PROJECT GUTENBERG EBOOK ALICE’S ADVENTURES ***")
-    assert clean_book(raw, "alice") == "Chapter 1\n\nIt was a dark night."
+    assert read_book(raw, "alice").text == "Chapter 1\n\nIt was a dark night."
 
 
 def test_older_trailer_line_before_the_end_marker_is_dropped():
     raw = book(body="THE END\r\n\r\nEnd of Project Gutenberg’s Alice’s Adventures in Wonderland, by Lewis Carroll\r\n")
-    assert clean_book(raw, "alice") == "THE END"
+    assert read_book(raw, "alice").text == "THE END"
 
 
 def test_lone_carriage_returns_and_nfc():
     decomposed = "Quijote de la Manchа, cafe\u0301"
     raw = f"*** START OF THE PROJECT GUTENBERG EBOOK X ***\r{decomposed}\r*** END OF THE PROJECT GUTENBERG EBOOK X ***"
-    text = clean_book(raw.encode(), "x")
+    text = read_book(raw.encode(), "x").text
     assert text == unicodedata.normalize("NFC", decomposed)
     assert "\r" not in text and "café" in text
 
@@ -47,7 +47,7 @@ def test_lone_carriage_returns_and_nfc():
 ])
 def test_refuses_what_is_not_a_book(raw, message):
     with pytest.raises(NotTextError, match=message):
-        clean_book(raw, "book")
+        read_book(raw, "book").text
 
 
 def test_unmarked_text_is_kept_whole_only_when_allowed():
@@ -63,9 +63,27 @@ def test_the_shared_books_strip_cleanly(shared_corpus):
         ("pg2000.txt", "El ingenioso hidalgo don Quijote de la Mancha", None),
     ]:
         raw = (shared_corpus / name).read_bytes()
-        text = clean_book(raw, name)
+        text = read_book(raw, name).text
         assert text.startswith(first)
         assert "PROJECT GUTENBERG" not in text.upper()
         assert "\r" not in text and "\ufeff" not in text
         if last:
             assert last in text[-3000:]
+
+
+def test_the_header_fields_and_the_licence_are_kept_apart_from_the_text():
+    raw = book(body="Chapter 1\r\n").replace(b"Title: Test\r\n", b"Title: Test Book\r\nAuthor: Someone\r\n"
+                                                 b"Language: English\r\n")
+    found = read_book(raw, "test")
+    assert (found.title, found.author, found.language) == ("Test Book", "Someone", "English")
+    assert found.licence.startswith("*** END OF THE PROJECT GUTENBERG EBOOK TEST ***")
+    assert found.licence.endswith("Footer licence text") and "Footer" not in found.text
+    unmarked = read_book(b"Title: Not a header\nplain text", "notes", allow_unmarked=True)
+    assert unmarked.title is None and unmarked.licence == "" and unmarked.text.startswith("Title:")
+
+
+def test_the_shared_books_name_their_title_and_language(shared_corpus):
+    found = {name: read_book((shared_corpus / name).read_bytes(), name) for name in ("pg1342.txt", "pg11.txt", "pg2000.txt")}
+    assert found["pg1342.txt"].title == "Pride and Prejudice" and found["pg1342.txt"].language == "English"
+    assert found["pg2000.txt"].language == "Spanish" and "Quijote" in found["pg2000.txt"].title
+    assert all("Project Gutenberg" in book.licence for book in found.values())

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from src.config import load_config
-from src.model.transformer import INIT_STD, Decoder, KVCache, ModelShape, RotaryEmbedding, TinyTransformer
+from src.model.transformer import INIT_STD, KVCache, ModelShape, RotaryEmbedding, TinyTransformer
 from tests.conftest import REPO_ROOT
 
 SHAPE = ModelShape(vocab_size=97, n_layers=2, n_heads=4, d_model=32, d_ff=64, dropout=0.0, context_length=24)
@@ -37,9 +37,8 @@ def test_rotary_positions_pair_each_channel_with_the_one_half_a_head_away():
     first, second = x[..., :4], x[..., 4:]
     torch.testing.assert_close(rotated[..., :4], first * angle.cos() - second * angle.sin())
     torch.testing.assert_close(rotated[..., 4:], second * angle.cos() + first * angle.sin())
-    # The one-token form (one matrix per position, for decoding) turns vectors the same way.
-    torch.testing.assert_close(x @ rope.rotation_matrices(0, 6), rotated)
     torch.testing.assert_close(rope.rotate(x[:, 2:4], 2), rotated[:, 2:4])
+    torch.testing.assert_close(rope.rotate(x[:, 4:], 4), rotated[:, 4:])  # partly past the table
 
 
 def test_rotated_scores_depend_only_on_the_distance_between_positions():
@@ -58,13 +57,13 @@ def test_rotations_far_past_the_context_are_exact():
     # Decoding past the context turns tokens at positions in the thousands and beyond; in fp32, p * theta_0
     # at p = 100,000 would already be off by up to 4e-3 radians.
     rope = RotaryEmbedding(head_dim=8, max_positions=4)
-    far = rope.rotation_matrices(99_998, 3)  # (3, hd, hd)
+    x = torch.randn(1, 3, 1, 8, dtype=torch.float64)
+    far = rope.rotate(x.float(), 99_998)[0, :, 0]  # (3, hd)
     theta = 1.0 / 10_000 ** (torch.arange(0, 8, 2, dtype=torch.float64) / 8)
     angle = torch.arange(99_998, 100_001, dtype=torch.float64)[:, None] * theta  # (3, hd/2)
-    x = torch.randn(3, 8, dtype=torch.float64)
-    first, second = x[:, :4], x[:, 4:]
+    first, second = x[0, :, 0, :4], x[0, :, 0, 4:]
     expected = torch.cat((first * angle.cos() - second * angle.sin(), second * angle.cos() + first * angle.sin()), -1)
-    torch.testing.assert_close((x[:, None, :].float() @ far)[:, 0], expected.float(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(far, expected.float(), rtol=0, atol=1e-5)
 
 
 def test_a_later_token_never_changes_an_earlier_output(model):
@@ -88,30 +87,16 @@ def test_kv_cache_gives_the_full_forward_pass(model):
     assert cache.length == 20
 
 
-def test_decoding_one_token_at_a_time_gives_the_full_forward_pass(model):
-    with torch.no_grad():
-        tokens = torch.randint(0, SHAPE.vocab_size, (1, SHAPE.context_length))
-        full = model(tokens)[0]  # (T, V)
-        decoder = Decoder(model)
-        prompt = decoder.prefill(tokens[0, :5].tolist())  # a prompt, then one token at a time up to the full context
-        steps = torch.stack([prompt] + [decoder.step(int(tokens[0, t])) for t in range(5, SHAPE.context_length)])
-    torch.testing.assert_close(steps, full[4:], rtol=1e-5, atol=1e-5)
-    assert decoder.cache.length == SHAPE.context_length
-    with torch.no_grad():  # a new prefill starts over
-        torch.testing.assert_close(decoder.prefill(tokens[0, :3].tolist()), full[2], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(decoder.step(int(tokens[0, 3])), full[3], rtol=1e-5, atol=1e-5)
-    assert decoder.cache.length == 4
-
-
 def test_decoding_past_the_context_is_sliding_window_attention(model, monkeypatch):
     # The reference: the same weights read the whole text at once, every layer's attention limited to the
     # last `context` positions (a band, not the causal triangle), rotary positions counted from the start.
     context = SHAPE.context_length
-    tokens = torch.randint(0, SHAPE.vocab_size, (4 * context,)).tolist()
+    tokens = torch.randint(0, SHAPE.vocab_size, (4 * context,))
+    cache = KVCache(SHAPE, batch_size=1, dtype=torch.float32, device=torch.device("cpu"))
     with torch.no_grad():
-        decoder = Decoder(model)
-        logits = [decoder.prefill(tokens[:context])] + [decoder.step(t) for t in tokens[context:]]
-    assert decoder.cache.length == context and decoder.position == len(tokens)
+        logits = [model(tokens[None, :context], cache)[0, -1]]
+        logits += [model(tokens[None, t:t + 1], cache)[0, -1] for t in range(context, len(tokens))]
+    assert cache.length == len(tokens)
 
     whole_text = TinyTransformer(replace(SHAPE, context_length=len(tokens))).eval()
     whole_text.load_state_dict(model.state_dict())
@@ -121,33 +106,8 @@ def test_decoding_past_the_context_is_sliding_window_attention(model, monkeypatc
     monkeypatch.setattr(F, "scaled_dot_product_attention",
                         lambda q, k, v, is_causal, dropout_p: attention(q, k, v, attn_mask=band))
     with torch.no_grad():
-        reference = whole_text(torch.tensor([tokens]))[0, context - 1:]
+        reference = whole_text(tokens[None])[0, context - 1:]
     torch.testing.assert_close(torch.stack(logits), reference, rtol=1e-5, atol=1e-5)
-
-
-def test_a_prompt_longer_than_the_context_is_read_from_its_last_tokens(model):
-    context = SHAPE.context_length
-    tokens = torch.randint(0, SHAPE.vocab_size, (context + 9,)).tolist()
-    with torch.no_grad():
-        decoder = Decoder(model)
-        torch.testing.assert_close(decoder.prefill(tokens), model(torch.tensor([tokens[-context:]]))[0, -1],
-                                   rtol=1e-5, atol=1e-5)
-        decoder.prefill(tokens[:3])  # a new prefill starts over, at position 0
-        torch.testing.assert_close(decoder.step(tokens[3]), model(torch.tensor([tokens[:4]]))[0, 3],
-                                   rtol=1e-5, atol=1e-5)
-    assert decoder.position == 4
-
-
-def test_decoding_uses_the_layers_biases():
-    torch.manual_seed(1)
-    model = TinyTransformer(SHAPE).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)  # nonzero biases and LayerNorm affine parameters
-        tokens = torch.randint(0, SHAPE.vocab_size, (1, 3))
-        decoder = Decoder(model)
-        steps = torch.stack([decoder.step(int(t)) for t in tokens[0]])
-        torch.testing.assert_close(steps, model(tokens)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_the_context_length_is_enforced(model):
@@ -155,8 +115,8 @@ def test_the_context_length_is_enforced(model):
         model(torch.zeros(1, 25, dtype=torch.long))
     cache = KVCache(SHAPE, 1, torch.float32, torch.device("cpu"))
     model(torch.zeros(1, 20, dtype=torch.long), cache)
-    with pytest.raises(ValueError):
-        model(torch.zeros(1, 5, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="a cache takes a prompt only when empty"):
+        model(torch.zeros(1, 2, dtype=torch.long), cache)
 
 
 def test_the_output_head_is_the_embedding(model):

@@ -28,7 +28,8 @@ import pytest
 # What a fresh clone must get back: every stage's outputs, the corpus through the checkpoints.
 KEY_ARTIFACTS = ("data/raw/pg2000.txt", "data/corpus_bilingual.txt", "data/corpus_index.json", "data/tokenizer.model",
                  "data/tokenizer.vocab", "data/tokens/train.bin", "data/checkpoints/last.pt", "data/best_model.pt",
-                 "data/final_model.pt", "data/training_metrics.json", "metrics/train.json", "metrics/validate.json")
+                 "data/final_model.pt", "data/training_metrics.json", "metrics/train.json", "metrics/validate.json",
+                 "dist/tinytransformer/model.safetensors", "dist/tinytransformer/manifest.json")
 PROMPT = "En un lugar"
 UP_TO_DATE = "Data and pipelines are up to date."
 
@@ -190,7 +191,7 @@ def test_dvc_push_then_dvc_pull_in_a_fresh_clone_restores_every_artifact_without
     pushed_objects = remote.objects()
     assert data_objects(tiny_repo.path) <= pushed_objects <= cache_objects(tiny_repo.path)
     assert "Everything is up to date" in tiny_repo.dvc("push").stdout
-    artifacts = sha256_files(tiny_repo.path, "data", "metrics")
+    artifacts = sha256_files(tiny_repo.path, "data", "metrics", "dist")
     for name in KEY_ARTIFACTS:
         assert name in artifacts, name
     size = sum((tiny_repo.path / ".dvc" / "cache" / name).stat().st_size for name in pushed_objects)
@@ -201,9 +202,20 @@ def test_dvc_push_then_dvc_pull_in_a_fresh_clone_restores_every_artifact_without
     configure(teammate, remote, add=False)
     _, pull_s = timed(lambda: teammate.dvc("pull"))
 
-    assert sha256_files(teammate.path, "data", "metrics") == artifacts
+    assert sha256_files(teammate.path, "data", "metrics", "dist") == artifacts
     assert teammate.run("git", "status", "--porcelain", "--untracked-files=all").stdout == ""  # nothing for git
     assert_generates_without_training(teammate)
+    assert "verified" in teammate.run(sys.executable, "-m", "src.lib.runtime", "verify", "dist/tinytransformer").stdout
+    if kind == "local":  # a device with no pipeline: the bundle alone, from the remote, by its artifact name
+        # A registered version (a GTO tag): what `dvc artifacts get` resolves the artifact's name to.
+        tiny_repo.run("git", "tag", "-a", "tinytransformer@v0.1.0", "-m", "the tiny model")
+        device = tmp_path / "device"
+        device.mkdir()
+        Clone(device, tiny_repo.environ).dvc("artifacts", "get", str(tiny_repo.path), "tinytransformer",
+                                             "-o", "bundle")
+        answer = teammate.run(sys.executable, "-m", "src.cli.minimal_llm", "generate", "--bundle",
+                              str(device / "bundle"), "--prompt", PROMPT, "--max_tokens", "10")
+        assert answer.stdout.startswith(PROMPT) and len(answer.stdout.strip()) > len(PROMPT), answer.stdout
     report(f"{kind} remote", {"push_s": round(push_s, 2), "pull_s": round(pull_s, 2),
                               "round_trip_s": round(push_s + pull_s, 2), "objects": len(pushed_objects),
                               "mb": round(size / 2**20, 2)})
@@ -230,7 +242,7 @@ def test_an_experiment_pushed_by_one_clone_is_pulled_listed_and_applied_by_anoth
     tiny_repo.dvc("exp", "run", "-S", "epochs=3", "-n", "tiny-exp")
     train_metrics = json.loads((tiny_repo.path / "metrics/train.json").read_text())
     assert train_metrics["epochs"] == 3
-    results = sha256_files(tiny_repo.path, "data", "metrics")
+    results = sha256_files(tiny_repo.path, "data", "metrics", "dist")
     for name in KEY_ARTIFACTS:
         assert name in results, name
     # exp push sends the experiment's git ref to origin and its outputs to the default DVC remote.
@@ -255,7 +267,7 @@ def test_an_experiment_pushed_by_one_clone_is_pulled_listed_and_applied_by_anoth
     teammate.dvc("exp", "apply", "tiny-exp")
     # The README's last step: exp apply already checks out the outputs that exp pull fetched; this must agree.
     teammate.dvc("checkout")
-    assert sha256_files(teammate.path, "data", "metrics") == results
+    assert sha256_files(teammate.path, "data", "metrics", "dist") == results
     # git sees the experiment's params, dvc.lock and metrics, and none of its data (DVC's .gitignore hides it).
     changed = teammate.run("git", "status", "--porcelain", "--untracked-files=all").stdout.splitlines()
     assert changed and not [line for line in changed if line[3:].startswith("data/")], changed

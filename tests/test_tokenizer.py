@@ -3,15 +3,15 @@ import pytest
 
 from src.config import ConfigError, TokenizerConfig
 from src.data.corpus import part_text, split_books, assemble
-from src.data.gutenberg import clean_book
+from src.data.gutenberg import read_book
 from src.data.tokenizer import NEWLINE, held_out_metrics, required_characters, train_tokenizer
 
 
 @pytest.fixture(scope="module")
 def small_corpus(shared_corpus):
     """The first 150 kB of an English and a Spanish book: enough for a 1000-piece vocabulary."""
-    books = [("alice", "en", clean_book((shared_corpus / "pg11.txt").read_bytes(), "pg11")[:150_000]),
-             ("quijote", "es", clean_book((shared_corpus / "pg2000.txt").read_bytes(), "pg2000")[:150_000])]
+    books = [("alice", "en", read_book((shared_corpus / "pg11.txt").read_bytes(), "pg11").text[:150_000]),
+             ("quijote", "es", read_book((shared_corpus / "pg2000.txt").read_bytes(), "pg2000").text[:150_000])]
     corpus, spans = assemble(books)
     splits = split_books(corpus, spans, 0.1)
     lines = [l for s in splits for l in part_text(corpus, s.train).split("\n") if l.strip()]

@@ -54,7 +54,7 @@ def test_validate_passes_and_writes_samples_and_metrics(tiny_copy):
     metrics = json.loads((tiny_copy / paths.VALIDATE_METRICS).read_text())
     assert metrics["passed"] is True
     assert set(metrics["budgets"]) == {"rss_mb", "peak_mb", "latency_p95_ms"}
-    assert metrics["budgets"]["rss_mb"]["limit"] == 400 and metrics["budgets"]["rss_mb"]["passed"] is True
+    assert metrics["budgets"]["rss_mb"]["limit"] == 64 and metrics["budgets"]["rss_mb"]["passed"] is True
     for key in ("rss_mb", "peak_mb", "latency_p95_ms", "latency_p50_ms", "time_to_first_token_ms", "tokens_per_sec"):
         assert metrics[key] > 0, key
     samples = json.loads((tiny_copy / paths.SAMPLES).read_text())
@@ -72,10 +72,10 @@ def test_validate_exits_5_over_budget_after_writing_the_metrics(tiny_copy):
     assert metrics["budgets"]["peak_mb"]["passed"] is True
 
 
-def test_validate_without_a_model_exits_1(tmp_path):
+def test_validate_without_a_bundle_exits_1(tmp_path):
     write_params(tmp_path, TINY_PARAMS)
     done = run_module("src.pipeline.validate", tmp_path)
-    assert done.returncode == 1 and "run `dvc repro train` (or `dvc pull`) first" in done.stderr
+    assert done.returncode == 1 and "dist/tinytransformer not found: run `dvc repro bundle`" in done.stderr
 
 
 def test_language_detection():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import dataclass
 
 # Both marker forms occur: "*** START OF THE PROJECT GUTENBERG EBOOK ..." (current) and
 # "*** START OF THIS PROJECT GUTENBERG EBOOK ..." (older editions, e.g. pg11). Markers may be indented.
@@ -58,5 +59,25 @@ def strip_boilerplate(text: str, label: str, *, allow_unmarked: bool = False) ->
     return body
 
 
-def clean_book(raw: bytes, label: str, *, allow_unmarked: bool = False) -> str:
-    return strip_boilerplate(decode(raw, label), label, allow_unmarked=allow_unmarked)
+_FIELD = re.compile(r"^[ \t]*(Title|Author|Language):[ \t]*(\S.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Book:
+    """A book as cleaning leaves it: its text, what its Gutenberg header says of it, and the licence removed."""
+    text: str
+    title: str | None
+    author: str | None
+    language: str | None  # as the header names it ("English", "Spanish"), not a code
+    licence: str  # everything after the END marker: Project Gutenberg's licence ("" for an unmarked source)
+
+
+def read_book(raw: bytes, label: str, *, allow_unmarked: bool = False) -> Book:
+    """Decode and clean ``raw``; read the header's Title, Author and Language lines and keep the licence text."""
+    text = decode(raw, label)
+    start = _START.search(text)
+    end = _END.search(text, start.end() if start else 0)
+    header = text[:start.start()] if start else ""
+    fields = {name.lower(): value for name, value in reversed(_FIELD.findall(header))}  # the first of each wins
+    return Book(strip_boilerplate(text, label, allow_unmarked=allow_unmarked), fields.get("title"),
+                fields.get("author"), fields.get("language"), text[end.start():].strip() if end else "")

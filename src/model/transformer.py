@@ -10,8 +10,9 @@ so attention scores depend on relative distance, and no position table limits th
 Attention is causal and runs through ``torch.nn.functional.scaled_dot_product_attention``, with the
 kernel PyTorch chooses; the training step chooses its own (``src.training.trainer.training_attention``).
 
-Generation feeds one token at a time through a ``Decoder``: the same function as ``forward`` for that
-token, written with matrix-vector products on the model's tensors.
+Generation reads the prompt into a ``KVCache`` through ``forward``, then one token at a time. Past the
+context the cache slides: each token attends to itself and the ``context_length - 1`` before it. The
+bundle's runtime (``src.lib.runtime``) computes the same function in numpy; tests hold the two together.
 
 Initialisation (GPT-2): every weight matrix and the embedding ~ N(0, 0.02); the two projections
 that write into the residual stream (attention output, MLP output) ~ N(0, 0.02 / sqrt(2 * n_layers)),
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -64,67 +64,71 @@ class ModelShape:
 class RotaryEmbedding(nn.Module):
     """RoPE: position p turns each pair of channels (i, i + hd/2) by the angle p * theta_i.
 
-    Pairing each channel with the one half a head away (as GPT-NeoX and LLaMA do), rather than with its
-    neighbour (2i, 2i+1), makes the turn element-wise products on the two contiguous halves, which
-    torch.compile fuses into the copies around attention. The neighbour pairing, written as one matrix
-    product per position, made the default training step slower (two models alternating in one process,
-    8 rounds: median 217.9 against 208.1 ms, each round's ratio median 0.974). The two pairings are the
-    same model up to an order of the query and key channels; only checkpoints tell them apart.
-
-    For one token (``Decoder``) the same turn is one (hd, hd) matrix R_p, precomputed for a window of
-    positions: a single small matrix product keeps the decoding step short.
+    Pairing each channel with the one half a head away (as GPT-NeoX and LLaMA do) makes the turn element-wise
+    products on the two contiguous halves, which torch.compile fuses into the copies around attention. The
+    angles of the first ``max_positions`` positions are a table; past it (generation beyond the context)
+    they are computed when needed.
     """
 
     def __init__(self, head_dim: int, max_positions: int, base: float = 10_000.0):
         super().__init__()
         self.head_dim, self.base = head_dim, base
-        cos, sin = self._cos_sin(0, max_positions)  # (P, hd/2) each
-        self.register_buffer("cos", torch.cat((cos, cos), dim=-1)[:, None, :], persistent=False)  # (P, 1, hd)
-        self.register_buffer("sin", torch.cat((sin, sin), dim=-1)[:, None, :], persistent=False)  # (P, 1, hd)
+        cos, sin = self._cos_sin(0, max_positions)
+        self.register_buffer("cos", cos, persistent=False)  # (P, 1, hd)
+        self.register_buffer("sin", sin, persistent=False)  # (P, 1, hd)
 
     def _cos_sin(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin of p * theta_i for p in start.. start+count-1, each (count, hd/2) in fp32.
+        """cos and sin of p * theta_i for p in start.. start+count-1, each (count, 1, hd) in fp32, both halves.
 
-        The angles are taken in fp64: decoding goes on past the context, where p * theta_0 reaches
-        thousands of radians, and fp32 would round the angle itself by up to p * 6e-8 radians."""
+        The angles are taken in fp64: past the context p * theta_0 reaches thousands of radians, and fp32
+        would round the angle itself by up to p * 6e-8 radians."""
         theta = 1.0 / self.base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim)
-        angles = torch.outer(torch.arange(start, start + count, dtype=torch.float64), theta)
-        return angles.cos().float(), angles.sin().float()
-
-    def rotation_matrices(self, start: int, count: int) -> torch.Tensor:
-        """(count, hd, hd): R_p for p in start.. start+count-1, turning row vectors (x_rotated = x @ R_p)."""
-        half = self.head_dim // 2
-        cos, sin = self._cos_sin(start, count)
-        rotations = torch.zeros(count, self.head_dim, self.head_dim)
-        rotations[:, :half, :half] = torch.diag_embed(cos)
-        rotations[:, :half, half:] = torch.diag_embed(sin)
-        rotations[:, half:, :half] = torch.diag_embed(-sin)
-        rotations[:, half:, half:] = torch.diag_embed(cos)
-        return rotations.to(self.cos.device)
+        angles = torch.outer(torch.arange(start, start + count, dtype=torch.float64), theta)  # (count, hd/2)
+        cos, sin = angles.cos().float(), angles.sin().float()
+        return torch.cat((cos, cos), dim=-1)[:, None, :], torch.cat((sin, sin), dim=-1)[:, None, :]
 
     def rotate(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """(B, T, N, hd) vectors at positions start.. start+T-1 -> the same, rotated."""
-        positions = slice(start, start + x.shape[1])
+        count = x.shape[1]
+        if start + count <= self.cos.shape[0]:
+            cos, sin = self.cos[start:start + count], self.sin[start:start + count]
+        else:
+            cos, sin = (table.to(x.device) for table in self._cos_sin(start, count))
         first, second = x.chunk(2, dim=-1)  # (B, T, N, hd/2) each
         turned = torch.cat((-second, first), dim=-1)  # each pair (a, b) -> (-b, a)
-        return x * self.cos[positions] + turned * self.sin[positions]
+        return x * cos + turned * sin
 
 
 class KVCache:
-    """Keys and values of every layer for the tokens seen so far, preallocated to the context length."""
+    """Keys and values of every layer, for up to ``context_length`` positions.
+
+    A ring: position p lives in slot p % context_length. A prompt is read into an empty cache; past the
+    context each new token overwrites the oldest, so it attends to itself and the context_length - 1
+    before it (their order in the slots does not matter to a single query, and rotary scores depend only
+    on the distance between positions).
+    """
 
     def __init__(self, shape: ModelShape, batch_size: int, dtype: torch.dtype, device: torch.device):
         size = (batch_size, shape.n_heads, shape.context_length, shape.head_dim)
         self.keys = [torch.zeros(size, dtype=dtype, device=device) for _ in range(shape.n_layers)]
         self.values = [torch.zeros(size, dtype=dtype, device=device) for _ in range(shape.n_layers)]
-        self.length = 0  # tokens cached so far
+        self.length = 0  # tokens read so far: the next token's position
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this step's (B, H, t, hd) keys/values; return all cached ones for ``layer``."""
+        """Store the new tokens' (B, H, t, hd) keys and values; return every cached one they may attend to."""
         keys, values, t = self.keys[layer], self.values[layer], k.shape[-2]
-        keys.narrow(2, self.length, t).copy_(k)
-        values.narrow(2, self.length, t).copy_(v)
-        return keys.narrow(2, 0, self.length + t), values.narrow(2, 0, self.length + t)
+        if self.length + t <= self.capacity:
+            keys.narrow(2, self.length, t).copy_(k)
+            values.narrow(2, self.length, t).copy_(v)
+            return keys.narrow(2, 0, self.length + t), values.narrow(2, 0, self.length + t)
+        slot = self.length % self.capacity  # past the context: one token at a time, over the oldest
+        keys.narrow(2, slot, 1).copy_(k)
+        values.narrow(2, slot, 1).copy_(v)
+        return keys, values
 
 
 class CausalSelfAttention(nn.Module):
@@ -211,9 +215,15 @@ class TinyTransformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def hidden(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, D) final hidden states, before the head."""
-        if (cache.length if cache else 0) + tokens.shape[1] > self.shape.context_length:
-            raise ValueError(f"{tokens.shape[1]} tokens exceed the context of {self.shape.context_length}")
+        """(B, T) token ids -> (B, T, D) final hidden states, before the head.
+
+        With a cache: a prompt (T > 1) of at most the context, into an empty cache, then one token at a
+        time, for as long as wanted."""
+        seen, count = (cache.length if cache else 0), tokens.shape[1]
+        if count > self.shape.context_length:
+            raise ValueError(f"{count} tokens exceed the context of {self.shape.context_length}")
+        if seen and count > 1:
+            raise ValueError("a cache takes a prompt only when empty, then one token at a time")
         x = training_dropout(self.embed(tokens), self.shape.dropout, self.training)
         for layer, block in enumerate(self.blocks):
             x = block(x, self.rope, cache, layer)
@@ -228,86 +238,3 @@ class TinyTransformer(nn.Module):
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy (nats per token) of predicting ``targets`` (B, T) from ``tokens`` (B, T)."""
         return linear_cross_entropy(self.hidden(tokens).flatten(0, 1), self.head.weight, targets.flatten())
-
-
-class _BlockTensors(NamedTuple):
-    """One block's parameters as plain tensors, in the order ``Decoder.step`` uses them."""
-    norm_attn_weight: torch.Tensor  # (D,)
-    norm_attn_bias: torch.Tensor  # (D,)
-    qkv: torch.Tensor  # (3D, D)
-    out: torch.Tensor  # (D, D)
-    norm_mlp_weight: torch.Tensor  # (D,)
-    norm_mlp_bias: torch.Tensor  # (D,)
-    up: torch.Tensor  # (F, D)
-    up_bias: torch.Tensor  # (F,)
-    down: torch.Tensor  # (D, F)
-    down_bias: torch.Tensor  # (D,)
-
-
-class Decoder:
-    """A model's ``forward`` one new token at a time over a KV cache: generation, batch size 1, no dropout.
-
-    ``prefill`` reads a prompt through ``forward``; each ``step`` then takes one token to the next logits
-    with matrix-vector products on the model's tensors, which are looked up once, here. A step is ~100
-    tiny operations whose fixed costs outweigh their arithmetic: the same step through the modules, with
-    their calls and attribute lookups at every token, took 0.16-0.23 ms more (default model, one thread,
-    the two alternating token by token in one process, eight rounds of 1,200 tokens on a busy machine:
-    median 1.37-1.65 against 1.53-1.87 ms; each token's ratio: median 0.87-0.89).
-
-    Past the context the cache slides: a token's key and value overwrite the oldest ones, so in every layer
-    a token attends to itself and the ``context_length - 1`` tokens before it (sliding-window attention;
-    the tests compare it with the whole text read at once under that band). Rotary scores depend only on
-    the distance between positions, which stays inside the trained context however long the text grows.
-    The cached keys of deeper layers keep the context they were computed with, so this is not ``forward``
-    over the window; on the validation text (five stretches of 1,072 tokens, default model) it predicted
-    as well as re-reading the last half of the window whenever the cache filled, as generation did before:
-    mean loss 3.9960 / 4.2194 / 4.3070 / 4.2620 / 4.1265 against 3.9943 / 4.2213 / 4.3107 / 4.2632 /
-    4.1251 nats per token, without the 3-5 ms pause of each re-read.
-    """
-
-    def __init__(self, model: TinyTransformer):
-        self.model, self.rope, self.embedding = model, model.rope, model.embed.weight
-        self.context_length, self.n_heads, self.head_dim = (model.shape.context_length, model.shape.n_heads,
-                                                            model.shape.head_dim)
-        self.cache = KVCache(model.shape, 1, self.embedding.dtype, self.embedding.device)
-        self.blocks = [_BlockTensors(b.norm_attn.weight, b.norm_attn.bias, b.attn.qkv.weight, b.attn.out.weight,
-                                     b.norm_mlp.weight, b.norm_mlp.bias, b.mlp.up.weight, b.mlp.up.bias,
-                                     b.mlp.down.weight, b.mlp.down.bias) for b in model.blocks]
-        self.norm = (model.norm.weight, model.norm.bias)
-        self.position = 0  # tokens read since the prefill: the next token's position
-        # R_p for the positions of one window, window x P .. window x P + P - 1: the cache slot's index picks it.
-        self.rotations_window, self.rotations = 0, self.rope.rotation_matrices(0, self.context_length)  # (P, hd, hd)
-
-    def prefill(self, ids: list[int]) -> torch.Tensor:
-        """Forget the cache and read the last ``context_length`` of ``ids`` into it; the (V,) next-token logits."""
-        ids = ids[-self.context_length:]
-        self.cache.length = 0
-        tokens = torch.tensor([ids], device=self.embedding.device)
-        logits = self.model.head(self.model.hidden(tokens, self.cache)[0, -1])
-        self.position = len(ids)
-        return logits
-
-    def step(self, token: int) -> torch.Tensor:
-        """The (V,) next-token logits after one more ``token``, which the cache then holds."""
-        cache, position, context = self.cache, self.position, self.context_length
-        window, slot = divmod(position, context)  # slot: where this token goes in the cache
-        if window != self.rotations_window:  # once per context_length tokens
-            self.rotations_window, self.rotations = window, self.rope.rotation_matrices(window * context, context)
-        rotation = self.rotations[slot]  # (hd, hd)
-        seen = min(position + 1, context)  # tokens attended
-        h, hd = self.n_heads, self.head_dim
-        d = h * hd
-        x = self.embedding[token]  # (D,)
-        for layer, (g1, b1, qkv_weight, out, g2, b2, up, up_bias, down, down_bias) in enumerate(self.blocks):
-            qkv = torch.mv(qkv_weight, F.layer_norm(x, (d,), g1, b1))  # (3D,): query, key, value
-            qk = qkv[:2 * d].view(2 * h, hd) @ rotation  # (2H, hd), rotated by position
-            keys, values = cache.keys[layer], cache.values[layer]  # (1, H, P, hd)
-            keys.select(2, slot).copy_(qk[h:].view(1, h, hd))
-            values.select(2, slot).copy_(qkv[2 * d:].view(1, h, hd))
-            # (1, H, 1, hd). One query sees every cached token; their order in the cache does not matter.
-            y = F.scaled_dot_product_attention(qk[:h].view(1, h, 1, hd), keys.narrow(2, 0, seen),
-                                               values.narrow(2, 0, seen))
-            x = x + torch.mv(out, y.view(d))
-            x = x + torch.addmv(down_bias, down, F.gelu(torch.addmv(up_bias, up, F.layer_norm(x, (d,), g2, b2))))
-        self.position, cache.length = position + 1, seen
-        return torch.mv(self.embedding, F.layer_norm(x, (d,), *self.norm))  # (V,): the head is the embedding

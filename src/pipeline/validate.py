@@ -2,8 +2,8 @@
 
     python -m src.pipeline.validate [--params params.yaml]
 
-Each measurement runs `python -m src.cli.minimal_llm generate --json` in a fresh process, loading the
-best checkpoint exactly as a user would. The metrics are written before the stage fails on a budget.
+Each measurement runs `python -m src.cli.minimal_llm generate --json` in a fresh process on the bundle,
+through the runtime, exactly as a device would. The metrics are written before the stage fails on a budget.
 """
 
 from __future__ import annotations
@@ -67,24 +67,23 @@ def quality_check(text: str, unknown_share: float, language: str, cfg: ValidateC
     return checks
 
 
-def measure(prompt: str, cfg: ValidateConfig, model: Path, tokenizer: Path) -> dict:
-    """One generation in a fresh process through the user's CLI; returns its JSON answer."""
+def measure(prompt: str, cfg: ValidateConfig, bundle: Path) -> dict:
+    """One generation in a fresh process through the user's CLI and the bundle's runtime; its JSON answer."""
     command = [sys.executable, "-m", "src.cli.minimal_llm", "generate", "--json", "--prompt", prompt,
                "--max_tokens", str(cfg.sample_tokens), "--temperature", str(cfg.temperature),
                "--top_k", str(cfg.top_k), "--seed", str(cfg.seed), "--warmup_tokens", str(cfg.warmup_tokens),
-               "--ignore_eos", "--model", str(model), "--tokenizer", str(tokenizer)]
+               "--ignore_eos", "--bundle", str(bundle)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise StageError(f"generation failed (exit {done.returncode}): {done.stderr.strip()}")
     return json.loads(done.stdout)
 
 
-def validate(cfg: ValidateConfig, *, model: Path = paths.BEST_MODEL, tokenizer: Path = paths.TOKENIZER_MODEL,
-             samples_file: Path = paths.SAMPLES, metrics_file: Path = paths.VALIDATE_METRICS) -> dict:
-    for needed, stage in ((model, "train"), (tokenizer, "tokenize")):
-        if not needed.is_file():
-            raise missing_input(needed, stage)
-    runs = {"en": measure(cfg.prompt_en, cfg, model, tokenizer), "es": measure(cfg.prompt_es, cfg, model, tokenizer)}
+def validate(cfg: ValidateConfig, *, bundle: Path = paths.BUNDLE_DIR, samples_file: Path = paths.SAMPLES,
+             metrics_file: Path = paths.VALIDATE_METRICS) -> dict:
+    if not bundle.is_dir():
+        raise missing_input(bundle, "bundle")
+    runs = {"en": measure(cfg.prompt_en, cfg, bundle), "es": measure(cfg.prompt_es, cfg, bundle)}
 
     quality = {language: quality_check(run["text"], run["metrics"]["unknown_share"], language, cfg)
                for language, run in runs.items()}
