@@ -3,7 +3,7 @@
     python -m bench.inference [--runs 6] [--tokens 128] [--json]
 
 Each run is a fresh `python -m src.cli.minimal_llm generate --json` process (so RSS is what a user sees),
-the two paths alternating, continuing the English and the Spanish validation prompts in turn. Reports
+the two paths alternating, continuing the validation prompt of each corpus language in turn. Reports
 each path's median over its runs of every figure: per-token latency p50/p95, time to first token,
 tokens/s, RSS and peak memory, load time; and the runtime's tokens/s over the PyTorch path's.
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from src import paths
 from src.config import load_config
+from src.pipeline.validate import prompts_for, read_languages
 
 FIGURES = ("latency_p50_ms", "latency_p95_ms", "time_to_first_token_ms", "tokens_per_sec", "rss_mb", "peak_mb",
            "model_load_ms")
@@ -36,13 +37,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     cfg = load_config(args.params).validate
-    prompts = (cfg.prompt_en, cfg.prompt_es)
+    prompts = list(prompts_for(read_languages(paths.LANGUAGES), cfg).values())
     sources = {"bundle": ["--bundle", str(args.bundle)], "pytorch": ["--model", str(args.model)]}
     runs: dict[str, list[dict]] = {path: [] for path in sources}
     for run in range(args.runs):
         for path, source in sources.items():
             command = [sys.executable, "-m", "src.cli.minimal_llm", "generate", "--json", "--ignore_eos",
-                       "--prompt", prompts[run % 2], "--max_tokens", str(args.tokens), "--seed", str(run),
+                       "--prompt", prompts[run % len(prompts)], "--max_tokens", str(args.tokens), "--seed", str(run),
                        "--warmup_tokens", str(args.warmup_tokens), *source]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:

@@ -14,7 +14,13 @@ params.yaml are checked before DVC starts; when a stage fails, the outputs DVC r
 are put back from its cache (python -m src.pipeline.restore STAGE).
 
 Options:
-  --corpus-url URL|DIR    take the books from this mirror (sets TT_CORPUS_MIRROR)
+  --corpus-url URL|PATH   train on this book (repeatable): an http(s) URL or a local file. Each is fetched,
+                          its sha256 and language printed, and the run is a DVC experiment with these books
+                          as corpus.sources (a Gutenberg file loses its header and licence; other text is
+                          kept whole)
+  --corpus-language CODE  the ISO 639-1 language of the --corpus-url just before (where its text does not
+                          name it in a Gutenberg header)
+  --mirror URL|DIR        take the http(s) books from this mirror (sets TT_CORPUS_MIRROR)
   --vocab-size N          tokenizer vocabulary size           (params: vocab_size)
   --epochs N              training epochs                     (params: epochs)
   --batch-size N          sequences per optimizer step        (params: batch_size)
@@ -37,11 +43,12 @@ EOF
 
 fail() { echo "error: $2" >&2; exit "$1"; }
 
+caller_dir=$PWD
 cd "$(dirname "$0")/.." || exit "$EXIT_PREREQUISITES"
 [ -x .venv/bin/python ] && PATH="$PWD/.venv/bin:$PATH"
 export DVC_NO_ANALYTICS="${DVC_NO_ANALYTICS:-1}"
 
-overrides=() start_stage="" resume=0 output_dir="" mirror="" vocab_override=0
+overrides=() corpus_args=() start_stage="" resume=0 output_dir="" mirror="" vocab_override=0
 need_value() { [ $# -ge 2 ] && [ -n "$2" ] || fail "$EXIT_PREREQUISITES" "$1 needs a value (see --help)"; }
 integer() { [[ "$2" =~ ^[0-9]+$ ]] || fail "$EXIT_PREREQUISITES" "$1 expects a whole number, got '$2'"; }
 number() { [[ "$2" =~ ^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$ ]] || fail "$EXIT_PREREQUISITES" "$1 expects a number, got '$2'"; }
@@ -49,7 +56,9 @@ number() { [[ "$2" =~ ^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$ ]] || fail "$EXIT_PRER
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit "$EXIT_OK" ;;
-    --corpus-url) need_value "$@"; mirror="$2"; shift ;;
+    --corpus-url) need_value "$@"; corpus_args+=(--corpus-url "$2"); shift ;;
+    --corpus-language) need_value "$@"; corpus_args+=(--corpus-language "$2"); shift ;;
+    --mirror) need_value "$@"; mirror="$2"; shift ;;
     --vocab-size) need_value "$@"; integer "$1" "$2"; overrides+=("vocab_size=$2"); vocab_override=1; shift ;;
     --epochs) need_value "$@"; integer "$1" "$2"; overrides+=("epochs=$2"); shift ;;
     --batch-size) need_value "$@"; integer "$1" "$2"; overrides+=("batch_size=$2"); shift ;;
@@ -69,8 +78,14 @@ command -v python >/dev/null || fail "$EXIT_PREREQUISITES" "python not found: ru
 command -v dvc >/dev/null || fail "$EXIT_PREREQUISITES" "dvc not found: run 'make setup' first"
 git rev-parse --git-dir >/dev/null 2>&1 || fail "$EXIT_PREREQUISITES" "not inside a git repository (DVC needs one)"
 [ -f params.yaml ] && [ -f dvc.yaml ] || fail "$EXIT_PREREQUISITES" "params.yaml or dvc.yaml missing in $PWD"
-if [ -n "$start_stage" ] && [ -n "$mirror" ]; then
-  fail "$EXIT_PREREQUISITES" "--corpus-url has no effect with --skip-corpus or --skip-tokenizer (the corpus is kept)"
+if [ -n "$start_stage" ] && { [ -n "$mirror" ] || [ ${#corpus_args[@]} -gt 0 ]; }; then
+  fail "$EXIT_PREREQUISITES" "--corpus-url and --mirror have no effect with --skip-corpus or --skip-tokenizer (the corpus is kept)"
+fi
+if [ ${#corpus_args[@]} -gt 0 ]; then
+  [ -n "$mirror" ] && export TT_CORPUS_MIRROR="$mirror"
+  echo "==> Fetching the books of --corpus-url"
+  sources=$(python -m src.pipeline.corpus_sources "${corpus_args[@]}" --from-dir "$caller_dir") || exit $?
+  overrides+=("$sources")
 fi
 if [ "$start_stage" = train ] && [ "$vocab_override" -eq 1 ]; then
   fail "$EXIT_PREREQUISITES" "--vocab-size changes the tokenizer, which --skip-tokenizer keeps: use one or the other"
@@ -85,7 +100,7 @@ if [ -n "$output_dir" ]; then
     || fail "$EXIT_PREREQUISITES" "--output-dir $output_dir is not a directory this user can write to"
 fi
 if [ -n "$start_stage" ]; then
-  required=(data/corpus_bilingual.txt data/corpus_index.json)
+  required=(data/corpus.txt data/corpus_index.json)
   [ "$start_stage" = train ] && required+=(data/tokenizer.model data/tokens/train.bin data/tokens/validation.bin)
   for file in "${required[@]}"; do
     [ -f "$file" ] || fail "$EXIT_PREREQUISITES" "$file is missing, so it cannot be skipped: run without --skip-* first"

@@ -23,8 +23,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
 
+from src.data.languages import is_language_code
+
 PARAMS_FILE = Path("params.yaml")
-LANGUAGES = ("en", "es")
 
 
 class ConfigError(ValueError):
@@ -112,50 +113,67 @@ def vocab_size_field() -> Any:
 
 # --- the book sources ----------------------------------------------------------------------------
 
+HTTP_SCHEMES = ("http://", "https://")
+TEXT_FORMATS = ("gutenberg", "plain")
+
+
 @dataclass(frozen=True)
 class BookSource:
     name: str
-    url: str
-    language: str
-    sha256: str
-    # A source without Gutenberg START/END markers is refused unless this is set.
-    allow_unmarked: bool = False
+    url: str  # an http(s) URL, or a local file's path (relative to the project root, or absolute)
+    language: str | None = None  # ISO 639-1; None: the Gutenberg header's Language line says
+    sha256: str | None = None  # required for http(s); optional for a local file, which is a dep by content
+    format: str = "gutenberg"  # gutenberg: strip Project Gutenberg's header, footer and licence | plain: keep all
+
+    @property
+    def is_local(self) -> bool:
+        return not self.url.startswith(HTTP_SCHEMES)
 
     @property
     def file_name(self) -> str:
-        """The name the book has on Gutenberg, in a mirror and in data/raw/."""
-        return PurePosixPath(urlparse(self.url).path).name
+        """The book's file name: on Gutenberg, in a mirror and in data/raw/."""
+        return PurePosixPath(self.url if self.is_local else urlparse(self.url).path).name
 
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-def _url_names_a_file(url: str) -> bool:
-    """An http(s) URL whose path ends in a file name (not '/', '.' or '..')."""
-    parsed = urlparse(url)
-    last = parsed.path.rsplit("/", 1)[-1]
-    return parsed.scheme in ("http", "https") and bool(parsed.netloc) and last not in ("", ".", "..")
+def _url_rule(key: str, url: str) -> None:
+    """An http(s) URL whose path ends in a file name, or a local path naming a file (not '/', '.' or '..')."""
+    if url.startswith(HTTP_SCHEMES):
+        parsed = urlparse(url)
+        ok = bool(parsed.netloc) and parsed.path.rsplit("/", 1)[-1] not in ("", ".", "..")
+    else:
+        ok = not _SCHEME.match(url) and not url.endswith("/") and PurePosixPath(url).name not in ("", ".", "..")
+    if not ok:
+        raise ConfigError(f"'{key}' = {url!r} must be an http(s) URL of a file or a local file's path")
 
 
 def _source_rule(where: str, item: Any) -> BookSource:
     if not isinstance(item, Mapping):
-        raise ConfigError(f"'{where}' must be a mapping with name, url, language, sha256")
+        raise ConfigError(f"'{where}' must be a mapping with name, url and (for http) sha256")
     unknown = set(map(str, item)) - {f.name for f in dataclasses.fields(BookSource)}
     if unknown:
-        raise ConfigError(f"'{where}' has unknown keys: {', '.join(sorted(unknown))}")
-    for required in ("name", "url", "language", "sha256"):
+        raise ConfigError(f"'{where}' has unknown keys: {', '.join(sorted(unknown))} (allowed: name, url, "
+                          f"language, sha256, format)")
+    for required in ("name", "url"):
         if not isinstance(item.get(required), str) or not item[required]:
             raise ConfigError(f"'{where}.{required}' must be a non-empty string")
     if not _NAME.match(item["name"]):
         raise ConfigError(f"'{where}.name' = {item['name']!r} may only use letters, digits, '_', '.', '-'")
-    _choice_rule(LANGUAGES)(f"{where}.language", item["language"])
-    if not _url_names_a_file(item["url"]):
-        raise ConfigError(f"'{where}.url' = {item['url']!r} must be an http(s) URL of a file")
-    if not _SHA256.match(item["sha256"]):
-        raise ConfigError(f"'{where}.sha256' = {item['sha256']!r} must be 64 lowercase hex digits")
-    if not isinstance(item.get("allow_unmarked", False), bool):
-        raise ConfigError(f"'{where}.allow_unmarked' must be true or false")
+    _url_rule(f"{where}.url", item["url"])
+    if item.get("language") is not None and not is_language_code(item["language"]):
+        raise ConfigError(f"'{where}.language' = {item['language']!r} is not an ISO 639-1 code (two letters: "
+                          f"en, fr, de, zh, ...)")
+    sha256 = item.get("sha256")
+    if sha256 is None and item["url"].startswith(HTTP_SCHEMES):
+        raise ConfigError(f"'{where}.sha256' is required for an http(s) source: the corpus never changes "
+                          f"silently (./scripts/train_pipeline.sh --corpus-url prints it)")
+    if sha256 is not None and not (isinstance(sha256, str) and _SHA256.match(sha256)):
+        raise ConfigError(f"'{where}.sha256' = {sha256!r} must be 64 lowercase hex digits")
+    _choice_rule(TEXT_FORMATS)(f"{where}.format", item.get("format", "gutenberg"))
     return BookSource(**item)
 
 
@@ -169,6 +187,17 @@ def _sources_rule(key: str, items: Any) -> tuple[BookSource, ...]:
         if dupes:
             raise ConfigError(f"'{key}' has duplicate book {attr}s: {', '.join(dupes)}")
     return books
+
+
+def _prompts_rule(key: str, prompts: Any) -> dict[str, str]:
+    """Language code -> prompt; languages of the corpus without one are prompted with their held-out text."""
+    if not isinstance(prompts, Mapping):
+        raise ConfigError(f"'{key}' must map language codes to prompts, e.g. {{en: 'It was', fr: 'Il était'}}")
+    for code, prompt in prompts.items():
+        if not is_language_code(code):
+            raise ConfigError(f"'{key}.{code}': {code!r} is not an ISO 639-1 language code (en, fr, de, ...)")
+        _text_rule(f"{key}.{code}", prompt)
+    return dict(prompts)
 
 
 # --- the sections --------------------------------------------------------------------------------
@@ -264,8 +293,8 @@ class BudgetConfig:
 
 @dataclass(frozen=True)
 class ValidateConfig:
-    prompt_en: str = nonempty_text("validate.prompt_en")
-    prompt_es: str = nonempty_text("validate.prompt_es")
+    # A prompt per language code; a corpus language without one gets the opening words of its held-out text.
+    prompts: dict[str, str] = param("validate.prompts", _prompts_rule)
     sample_tokens: int = number("validate.sample_tokens", int, 1, 4096)
     temperature: float = number("validate.temperature", float, 0, 10)
     top_k: int = number("validate.top_k", int, 0, 65536)
@@ -331,12 +360,13 @@ def _build(section: type, raw: Mapping[str, Any]) -> Any:
     return section(**values)
 
 
-def _leaf_keys(raw: Mapping[str, Any], prefix: str = "") -> list[str]:
+def _leaf_keys(raw: Mapping[str, Any], known: list[str], prefix: str = "") -> list[str]:
+    """The dotted keys of ``raw``'s values; a known key's value is one value even if it is a mapping."""
     keys = []
     for name, value in raw.items():
         dotted = f"{prefix}{name}"
-        if isinstance(value, Mapping):
-            keys.extend(_leaf_keys(value, dotted + "."))
+        if isinstance(value, Mapping) and dotted not in known:
+            keys.extend(_leaf_keys(value, known, dotted + "."))
         else:
             keys.append(dotted)
     return keys
@@ -357,7 +387,7 @@ def config_from_dict(raw: Any, source: str = "params.yaml") -> Config:
         if not isinstance(raw, Mapping):
             raise ConfigError("the top level must be a mapping of keys to values")
         known = params_keys(*_SECTION_TYPES)
-        unknown = [k for k in _leaf_keys(raw) if k not in known]
+        unknown = [k for k in _leaf_keys(raw, known) if k not in known]
         if unknown:
             raise ConfigError(_unknown_key_message(unknown[0], known))
         return Config(*(_build(section, raw) for section in _SECTION_TYPES))

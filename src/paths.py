@@ -7,11 +7,13 @@ METRICS = Path("metrics")
 
 PARAMS_CHECKED = DATA / "params_checked"
 
+LOCAL_BOOKS = DATA / "local_books.json"  # the sha256 of each local book file named in corpus.sources
 RAW_DIR = DATA / "raw"
-CORPUS_FILE = DATA / "corpus_bilingual.txt"
+CORPUS_FILE = DATA / "corpus.txt"
 CORPUS_INDEX_FILE = DATA / "corpus_index.json"
 CORPUS_SOURCES = DATA / "corpus_sources.json"  # each book's title, author, origin, language, share and licence
 CORPUS_METRICS = METRICS / "corpus.json"
+LANGUAGES = DATA / "languages.json"  # per language: its held-out text's n-gram profile and opening words
 
 TOKENIZER_MODEL = DATA / "tokenizer.model"
 TOKENIZER_VOCAB = DATA / "tokenizer.vocab"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -176,6 +177,15 @@ PROJECT_FILES = ("src", "scripts", "dvc.yaml", "params.yaml", ".dvc/config", ".d
                  "requirements.txt", "pyproject.toml")
 
 
+# `dvc status` of a pipeline with nothing to do: the local_books stage always runs (dvc.yaml), so it is always listed.
+NOTHING_TO_DO = "local_books:\n\talways changed"
+
+
+def stages_run(dvc_output: str) -> list[str]:
+    """The stages a `dvc repro` or `dvc exp run` ran, in order."""
+    return re.findall(r"^Running stage '(\w+)'", dvc_output, re.MULTILINE)
+
+
 class ProjectRepo:
     """A git repo holding a copy of the project, and the environment its commands run in (the venv's tools first
     on PATH, DVC's analytics off, the project not on PYTHONPATH: stages import it from the repo, as for a user)."""
@@ -224,6 +234,11 @@ class ProjectRepo:
 
     def dvc(self, *args: str, check: bool = True, timeout: float = 900, env: dict | None = None):
         return self.run(sys.executable, "-m", "dvc", *args, check=check, timeout=timeout, env=env)
+
+    def up_to_date(self, *targets: str) -> bool:
+        """Does `dvc status` (of ``targets``, else of the whole pipeline) find nothing to re-run?"""
+        status = self.dvc("status", *targets).stdout.strip()
+        return status in ("Data and pipelines are up to date.", NOTHING_TO_DO)
 
     def set_params(self, overrides: dict) -> None:
         write_params(self.path, overrides)

@@ -64,7 +64,13 @@ def source(**changes):
 
 
 @pytest.mark.parametrize("books, expected", [
-    (source(language="fr"), "'corpus.sources[0].language' = 'fr' is not allowed: must be one of en, es"),
+    (source(language="xx"), "'corpus.sources[0].language' = 'xx' is not an ISO 639-1 code"),
+    (source(language="French"), "'corpus.sources[0].language' = 'French' is not an ISO 639-1 code"),
+    (source(sha256=None), "'corpus.sources[0].sha256' is required for an http(s) source"),
+    (source(format="markdown"), "'corpus.sources[0].format' = 'markdown' is not allowed: must be one of gutenberg, plain"),
+    (source(url="books/"), "must be an http(s) URL of a file or a local file's path"),
+    (source(url="file:///books/a.txt"), "must be an http(s) URL of a file or a local file's path"),
+    (source(url="a.txt") + source(name="other", url="elsewhere/a.txt"), "duplicate book file_names: a.txt"),
     (source(sha256="XYZ"), "'corpus.sources[0].sha256' = 'XYZ' must be 64 lowercase hex digits"),
     (source(url="ftp://example.org/book.txt"), "'corpus.sources[0].url' = 'ftp://example.org/book.txt' must be an http(s) URL"),
     (source(url="https://example.org/"), "must be an http(s) URL of a file"),
@@ -109,9 +115,35 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
-def test_file_name_comes_from_the_url():
+def test_file_name_comes_from_the_url_or_the_path():
     book = BookSource("b", "https://www.gutenberg.org/cache/epub/11/pg11.txt", "en", "a" * 64)
-    assert book.file_name == "pg11.txt"
+    assert book.file_name == "pg11.txt" and not book.is_local
+    assert BookSource("n", "books/notes.txt").file_name == "notes.txt" and BookSource("n", "/srv/n.txt").is_local
+
+
+def test_a_local_book_needs_no_sha256_or_language_and_any_language_code_loads():
+    books = [{"name": "notes", "url": "books/notes_fr.txt", "format": "plain", "language": "fr"},
+             {"name": "alice", "url": "https://example.org/pg11.txt", "sha256": "a" * 64},
+             {"name": "zh", "url": "/srv/books/zh.txt", "language": "zh"}]
+    sources = config_from_dict(with_value("corpus.sources", books)).corpus.sources
+    assert [(s.language, s.sha256, s.format) for s in sources] == [("fr", None, "plain"), (None, "a" * 64, "gutenberg"),
+                                                                   ("zh", None, "gutenberg")]
+
+
+@pytest.mark.parametrize("prompts, expected", [
+    ({"en": "It was", "fr": "Il était"}, None),
+    ({}, None),
+    ({"english": "It was"}, "'validate.prompts.english': 'english' is not an ISO 639-1 language code"),
+    ({"fr": ""}, "'validate.prompts.fr' = '' is not valid: must be a non-empty string"),
+    (["It was"], "'validate.prompts' must map language codes to prompts"),
+])
+def test_validate_prompts_are_keyed_by_language(prompts, expected):
+    if expected is None:
+        assert config_from_dict(with_value("validate.prompts", prompts)).validate.prompts == prompts
+    else:
+        with pytest.raises(ConfigError) as err:
+            config_from_dict(with_value("validate.prompts", prompts))
+        assert expected in str(err.value)
 
 
 def test_params_keys_follow_the_sections():

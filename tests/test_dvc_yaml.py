@@ -15,6 +15,7 @@ DVC_YAML = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
 # stage name -> (module, the function that does the stage's work)
 STAGES = {
     "check_params": ("src.pipeline.check_params", "check_params"),
+    "local_books": ("src.pipeline.local_books", "hash_local_books"),
     "download": ("src.pipeline.download", "download"),
     "tokenize": ("src.pipeline.tokenize", "tokenize"),
     "train": ("src.pipeline.train", "run_train"),
@@ -26,13 +27,14 @@ RUNS = {"validate": ["src.cli.minimal_llm"]}
 
 OUTS = {
     "check_params": [paths.PARAMS_CHECKED],
-    "download": [paths.RAW_DIR, paths.CORPUS_FILE, paths.CORPUS_INDEX_FILE, paths.CORPUS_SOURCES],
+    "local_books": [paths.LOCAL_BOOKS],
+    "download": [paths.RAW_DIR, paths.CORPUS_FILE, paths.CORPUS_INDEX_FILE, paths.CORPUS_SOURCES, paths.LANGUAGES],
     "tokenize": [paths.TOKENIZER_MODEL, paths.TOKENIZER_VOCAB, paths.TOKENS_DIR],
     "train": [paths.CHECKPOINT_DIR, paths.BEST_MODEL, paths.FINAL_MODEL, paths.TRAINING_METRICS, paths.TRAIN_PLOT],
     "bundle": [paths.BUNDLE_DIR],
     "validate": [paths.SAMPLES],
 }
-METRICS = {"check_params": [], "download": [paths.CORPUS_METRICS], "tokenize": [paths.TOKENIZER_METRICS],
+METRICS = {"check_params": [], "local_books": [], "download": [paths.CORPUS_METRICS], "tokenize": [paths.TOKENIZER_METRICS],
            "train": [paths.TRAIN_METRICS, paths.TRAIN_SPEED], "bundle": [], "validate": [paths.VALIDATE_METRICS]}
 
 

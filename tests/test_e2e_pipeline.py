@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import poison_epoch_1
+from tests.conftest import poison_epoch_1, stages_run
 
 # Figures that depend on the machine's speed, not on what was computed.
 TIMING_KEYS = {"total_training_time", "tokens_per_sec", "seconds"}
@@ -25,8 +25,8 @@ def computed(path):
 
 def test_dvc_repro_runs_every_stage_and_an_epochs_change_reruns_only_train_bundle_and_validate(tiny_repo):
     first = tiny_repo.dvc("repro")
-    for stage in ("check_params", "download", "tokenize", "train", "bundle", "validate"):
-        assert f"Running stage '{stage}'" in first.stdout, first.stdout
+    assert stages_run(first.stdout) == ["check_params", "local_books", "download", "tokenize", "train", "bundle",
+                                        "validate"], first.stdout
     repo = tiny_repo.path
     for out in ("data/best_model.pt", "data/final_model.pt", "data/training_metrics.json",
                 "data/checkpoints/last.pt", "metrics/train.json", "metrics/validate.json", "metrics/samples.json",
@@ -39,8 +39,8 @@ def test_dvc_repro_runs_every_stage_and_an_epochs_change_reruns_only_train_bundl
     assert "best_validation_loss" in text and "latency_p95_ms" in text
 
     again = tiny_repo.dvc("repro")
-    assert "Running stage" not in again.stdout
-    assert "up to date" in tiny_repo.dvc("status").stdout
+    assert stages_run(again.stdout) == ["local_books"]  # always run: it hashes the local books (there are none)
+    assert tiny_repo.up_to_date()
 
     tiny_repo.set_params({"epochs": 3})
     changed = tiny_repo.dvc("repro")
@@ -48,7 +48,7 @@ def test_dvc_repro_runs_every_stage_and_an_epochs_change_reruns_only_train_bundl
     assert "Running stage 'train'" in changed.stdout and "Running stage 'validate'" in changed.stdout
     assert "Running stage 'bundle'" in changed.stdout
     assert json.loads((repo / "metrics/train.json").read_text())["epochs"] == 3
-    assert "up to date" in tiny_repo.dvc("status").stdout
+    assert tiny_repo.up_to_date()
 
 
 @pytest.mark.slow
@@ -76,7 +76,7 @@ def test_training_killed_with_sigkill_mid_epoch_resumes_to_the_same_result(tiny_
     assert "Running stage 'train'" in resumed.stdout
     assert "resuming after epoch 1 of 3" in resumed.stderr + resumed.stdout
     assert (computed(repo / "metrics/train.json"), computed(repo / "metrics/train_history.json")) == uninterrupted
-    assert "up to date" in tiny_repo.dvc("status").stdout
+    assert tiny_repo.up_to_date()
 
 
 def pipeline(repo, *args):
@@ -90,12 +90,12 @@ def test_train_pipeline_sh_exit_codes_come_from_real_failures(tiny_repo, book_se
 
     for args, message in ((["--frobnicate"], "unknown option '--frobnicate'"),
                           (["--epochs", "many"], "--epochs expects a whole number"),
-                          (["--skip-tokenizer"], "data/corpus_bilingual.txt is missing")):
+                          (["--skip-tokenizer"], "data/corpus.txt is missing")):
         done = pipeline(tiny_repo, *args)
         assert done.returncode == 1 and message in done.stderr, (args, done.stderr)
 
     book_server.mode = "404"
-    done = pipeline(tiny_repo, "--corpus-url", book_server.url)
+    done = pipeline(tiny_repo, "--mirror", book_server.url)
     assert done.returncode == 2 and "HTTP 404" in done.stdout + done.stderr and "Phase 1/4: Corpus" in done.stdout
 
     done = pipeline(tiny_repo, "--epochs", "2")  # a DVC experiment (dvc exp run -S epochs=2)

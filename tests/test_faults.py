@@ -25,8 +25,8 @@ FAULT_PARAMS = {**TINY_PARAMS, "corpus.sources": [s for s in project_params()["c
 TRAIN_OUTPUTS = ("data/checkpoints/last.pt", "data/checkpoints/best.pt", "data/checkpoints/epoch_0001.pt",
                  "data/checkpoints/epoch_0002.pt", "data/best_model.pt", "data/final_model.pt",
                  "data/training_metrics.json", "metrics/train.json", "metrics/train_history.json")
-DATA_OUTPUTS = ("data/params_checked", "data/raw/pg11.txt", "data/corpus_bilingual.txt", "data/corpus_index.json",
-                "data/corpus_sources.json", "metrics/corpus.json", "data/tokenizer.model", "data/tokenizer.vocab", "data/tokens/train.bin",
+DATA_OUTPUTS = ("data/params_checked", "data/raw/pg11.txt", "data/corpus.txt", "data/corpus_index.json",
+                "data/corpus_sources.json", "metrics/corpus.json", "data/languages.json", "data/local_books.json", "data/tokenizer.model", "data/tokenizer.vocab", "data/tokens/train.bin",
                 "data/tokens/meta.json", "metrics/tokenizer.json")
 TIMING_KEYS = {"total_training_time", "tokens_per_sec", "seconds"}
 KILL_ENV = {"PYTHONPATH": str(REPO_ROOT / "tests" / "fault_injection")}  # tests/fault_injection/sitecustomize.py
@@ -83,7 +83,7 @@ def assert_same_training(repo: ProjectRepo, reference: ProjectRepo) -> None:
 
 
 def up_to_date(repo: ProjectRepo, *targets: str) -> bool:
-    return "up to date" in repo.dvc("status", *targets).stdout
+    return repo.up_to_date(*targets)
 
 
 def file_bytes(repo: ProjectRepo, names) -> dict[str, bytes]:
@@ -128,10 +128,12 @@ def test_a_failed_stage_says_how_to_restore_what_dvc_removed_and_restore_does(re
     done = repo.dvc("repro", "download", check=False)
     assert done.returncode != 0 and "pg11.txt: sha256 mismatch" in done.stderr
     assert "`python -m src.pipeline.restore download` puts back the ones dvc.lock records" in done.stderr
-    assert not (repo.path / "data/corpus_bilingual.txt").exists()  # DVC removed it before running the stage
+    assert not (repo.path / "data/corpus.txt").exists()  # DVC removed it before running the stage
     restored = repo.run("python", "-m", "src.pipeline.restore", "download")
-    assert ("put back data/raw, data/corpus_bilingual.txt, data/corpus_index.json, data/corpus_sources.json, "
+    # data/raw persists (dvc.yaml): DVC never removed it, and the book the mismatch refused is still there.
+    assert ("put back data/corpus.txt, data/corpus_index.json, data/corpus_sources.json, data/languages.json, "
             "metrics/corpus.json") in restored.stdout
+    assert (repo.path / "data/raw/pg11.txt").read_bytes() == before["data/raw/pg11.txt"]
     assert file_bytes(repo, DATA_OUTPUTS[1:6]) == before
 
 
@@ -195,9 +197,9 @@ def pipeline(repo: ProjectRepo, *args: str):
 @pytest.mark.parametrize("args, message", [
     (["--output-dir", "/proc/version/out"], "--output-dir /proc/version/out is not a directory this user can write"),
     (["--skip-tokenizer", "--vocab-size", "500"], "--vocab-size changes the tokenizer, which --skip-tokenizer keeps"),
-    (["--skip-corpus", "--corpus-url", "/srv/books"], "--corpus-url has no effect with --skip-corpus"),
-    (["--corpus-url", "ftp://127.0.0.1/books"], "only http://, https:// or a local directory are accepted"),
-    (["--corpus-url", "/no/such/books"], "'/no/such/books': not a directory"),
+    (["--skip-corpus", "--mirror", "/srv/books"], "--corpus-url and --mirror have no effect with --skip-corpus"),
+    (["--mirror", "ftp://127.0.0.1/books"], "only http://, https:// or a local directory are accepted"),
+    (["--mirror", "/no/such/books"], "'/no/such/books': not a directory"),
     (["--epochs", "0"], "'epochs' = 0 is out of range"),
     (["--learning-rate", "2"], "'learning_rate' = 2 is out of range"),
 ])

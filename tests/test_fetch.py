@@ -71,7 +71,7 @@ def test_checksum_mismatch_names_both_hashes_and_keeps_the_existing_file(shared_
 
 
 def test_missing_file_in_a_directory_mirror(tmp_path):
-    with pytest.raises(DownloadError, match="does not exist in the mirror"):
+    with pytest.raises(DownloadError, match="does not exist"):
         fetch_verified(str(tmp_path / "pg11.txt"), tmp_path / "out.txt", "0" * 64, policy(), label="pg11.txt")
 
 

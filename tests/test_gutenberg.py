@@ -50,10 +50,12 @@ def test_refuses_what_is_not_a_book(raw, message):
         read_book(raw, "book").text
 
 
-def test_unmarked_text_is_kept_whole_only_when_allowed():
-    assert strip_boilerplate("\nplain text\n", "x", allow_unmarked=True) == "plain text"
-    with pytest.raises(NotTextError, match="allow_unmarked"):
+def test_unmarked_text_is_kept_whole_only_as_plain_text():
+    assert read_book(b"\nplain text\n", "x", "plain").text == "plain text"
+    with pytest.raises(NotTextError, match="set format: plain"):
         strip_boilerplate("plain text", "x")
+    with pytest.raises(NotTextError, match="empty"):
+        read_book(b"\n  \n", "x", "plain")
 
 
 def test_the_shared_books_strip_cleanly(shared_corpus):
@@ -78,7 +80,7 @@ def test_the_header_fields_and_the_licence_are_kept_apart_from_the_text():
     assert (found.title, found.author, found.language) == ("Test Book", "Someone", "English")
     assert found.licence.startswith("*** END OF THE PROJECT GUTENBERG EBOOK TEST ***")
     assert found.licence.endswith("Footer licence text") and "Footer" not in found.text
-    unmarked = read_book(b"Title: Not a header\nplain text", "notes", allow_unmarked=True)
+    unmarked = read_book(b"Title: Not a header\nplain text", "notes", "plain")
     assert unmarked.title is None and unmarked.licence == "" and unmarked.text.startswith("Title:")
 
 
@@ -87,3 +89,15 @@ def test_the_shared_books_name_their_title_and_language(shared_corpus):
     assert found["pg1342.txt"].title == "Pride and Prejudice" and found["pg1342.txt"].language == "English"
     assert found["pg2000.txt"].language == "Spanish" and "Quijote" in found["pg2000.txt"].title
     assert all("Project Gutenberg" in book.licence for book in found.values())
+
+
+@pytest.mark.parametrize("start, end", [
+    ("*** START OF THE PROJECT GUTENBERG EBOOK X ***", "*** END OF THE PROJECT GUTENBERG EBOOK X ***"),
+    ("*** START OF THIS PROJECT GUTENBERG EBOOK X ***", "*** END OF THIS PROJECT GUTENBERG EBOOK X ***"),
+])
+@pytest.mark.parametrize("bom, newline", [("", "\n"), ("\ufeff", "\r\n")])
+def test_the_header_language_is_read_in_both_marker_generations_with_bom_and_crlf(start, end, bom, newline):
+    text = newline.join([f"{bom}The Project Gutenberg eBook", "Title: Le Village", "Language: French", "", start,
+                         "Le matin où la rivière déborda.", end, "licence"])
+    book = read_book(text.encode("utf-8"), "x")
+    assert (book.language, book.title, book.text) == ("French", "Le Village", "Le matin où la rivière déborda.")

@@ -22,7 +22,7 @@ def test_download_then_tokenize_from_the_loopback_server(workdir, book_server):
     done = run_module("src.pipeline.download", workdir, env={"TT_CORPUS_MIRROR": book_server.url})
     assert done.returncode == 0, done.stderr
     assert sorted(book_server.requests) == ["/pg11.txt", "/pg1342.txt", "/pg2000.txt"]
-    corpus = (workdir / "data/corpus_bilingual.txt").read_text(encoding="utf-8")
+    corpus = (workdir / "data/corpus.txt").read_text(encoding="utf-8")
     assert "It is a truth universally acknowledged" in corpus and "En un lugar de la Mancha" in corpus
     assert "PROJECT GUTENBERG" not in corpus.upper() and "\r" not in corpus
     metrics = json.loads((workdir / "metrics/corpus.json").read_text())

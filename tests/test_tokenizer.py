@@ -14,7 +14,7 @@ def small_corpus(shared_corpus):
              ("quijote", "es", read_book((shared_corpus / "pg2000.txt").read_bytes(), "pg2000").text[:150_000])]
     corpus, spans = assemble(books)
     splits = split_books(corpus, spans, 0.1)
-    lines = [l for s in splits for l in part_text(corpus, s.train).split("\n") if l.strip()]
+    lines = [line for s in splits for line in part_text(corpus, s.train).split("\n") if line.strip()]
     held_out = {s.language: part_text(corpus, s.validation) for s in splits}
     return lines, held_out
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from src import paths
-from src.pipeline.validate import detect_language, repetition_rate, whitespace_share
+from src.pipeline.validate import repetition_rate, whitespace_share
 from tests.conftest import TINY_PARAMS, poison_epoch_1, run_module, write_params
 
 
@@ -76,12 +76,6 @@ def test_validate_without_a_bundle_exits_1(tmp_path):
     write_params(tmp_path, TINY_PARAMS)
     done = run_module("src.pipeline.validate", tmp_path)
     assert done.returncode == 1 and "dist/tinytransformer not found: run `dvc repro bundle`" in done.stderr
-
-
-def test_language_detection():
-    assert detect_language("It was the best of times, and she said that he had gone to the house") == "en"
-    assert detect_language("Dijo don Quijote que la señora no estaba en el lugar de los molinos") == "es"
-    assert detect_language("12 34 —") is None
 
 
 def test_repetition_and_whitespace():

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import profile
 
-from src.data.dataset import SplitStats, TokenSplit, write_token_dataset
+from src.data.dataset import BookTokens, SplitStats, TokenDataError, TokenSplit, write_token_dataset
 from src.model.checkpoint import load_checkpoint, save_checkpoint
 from src.model.transformer import ModelShape, TinyTransformer
 from src.training.schedule import warmup_cosine
@@ -70,13 +70,39 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(synthetic_
 def test_evaluation_scores_every_validation_token_once(synthetic_tokens):
     tokens, _ = synthetic_tokens
     split = TokenSplit(tokens, "validation")
-    targets = sum(t.numel() for _, t in split.evaluation_batches(16, 7))
+    targets = sum(t.numel() for _, t, _ in split.evaluation_batches(16, 7))
     assert targets == len(split) - 1
     torch.manual_seed(0)
     model = TinyTransformer(ModelShape.from_config(MODEL, VOCAB))
-    nats, bits_per_byte = evaluate(model, split, 16, 7, "fp32")
-    assert evaluate(model, split, 16, 32, "fp32")[0] == pytest.approx(nats, abs=1e-5)  # batching changes nothing
-    assert bits_per_byte == pytest.approx(nats * (len(split) - 1) / (np.log(2) * split.stats.bytes))
+    result = evaluate(model, split, 16, 7, "fp32")
+    assert evaluate(model, split, 16, 32, "fp32").loss == pytest.approx(result.loss, abs=1e-5)  # batching changes nothing
+    assert result.bits_per_byte == pytest.approx(result.loss * (len(split) - 1) / (np.log(2) * split.stats.bytes))
+
+
+def test_bits_per_byte_per_language_scores_each_book_with_its_own_tokens_and_bytes(tmp_path):
+    rng = np.random.default_rng(1)
+    ids = rng.integers(4, VOCAB, 700).astype(np.uint16)
+    books = (BookTokens("a", "en", 300, 900), BookTokens("b", "fr", 250, 1000), BookTokens("c", "en", 150, 500))
+    write_token_dataset(tmp_path, {"validation": (ids, SplitStats(700, 2400, books))})
+    split = TokenSplit(tmp_path, "validation")
+    torch.manual_seed(0)
+    model = TinyTransformer(ModelShape.from_config(MODEL, VOCAB))
+    result = evaluate(model, split, 16, 8, "fp32")
+    model.eval()  # as evaluate scores (MODEL has dropout)
+    losses = torch.cat([model.token_losses(x, y).flatten() for x, y, _ in split.evaluation_batches(16, 8)])
+    positions = torch.arange(1, 700)  # every token but the first is a target once, in order
+    in_book = {"en": (positions < 300) | (positions >= 550), "fr": (positions >= 300) & (positions < 550)}
+    expected = {language: losses[mask].double().sum().item() / (np.log(2) * n_bytes)
+                for language, mask, n_bytes in (("en", in_book["en"], 1400), ("fr", in_book["fr"], 1000))}
+    assert result.bits_per_byte_by_language == pytest.approx(expected, rel=1e-6)
+    assert result.bits_per_byte == pytest.approx(losses.double().sum().item() / (np.log(2) * 2400), rel=1e-6)
+
+
+def test_a_token_meta_that_does_not_add_up_is_refused(tmp_path):
+    ids = np.arange(100, dtype=np.uint16)
+    write_token_dataset(tmp_path, {"validation": (ids, SplitStats(100, 300, (BookTokens("a", "en", 90, 300),)))})
+    with pytest.raises(TokenDataError, match="does not describe"):
+        TokenSplit(tmp_path, "validation")
 
 
 def test_an_epoch_is_full_batches_of_distinct_windows(tmp_path):

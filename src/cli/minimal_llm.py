@@ -55,6 +55,7 @@ class Loaded:
     best_validation_loss: float | None
     budgets: dict[str, float] | None  # for --safety-mode strict
     eos_id: int
+    languages: list[str] | None  # the languages it was trained on, where the bundle records them
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -121,7 +122,7 @@ def from_bundle(directory: Path) -> Loaded:
     except BundleError as exc:
         raise UsageError(str(exc)) from None
     return Loaded(directory, model.decoder(), model.tokenizer, model.sampling, model.metrics.get("validation_loss"),
-                  model.metrics.get("budgets"), model.config["special_tokens"]["eos"])
+                  model.metrics.get("budgets"), model.config["special_tokens"]["eos"], model.metrics.get("languages"))
 
 
 def from_checkpoint(model_file: Path, tokenizer_file: Path, params: Path, threads: int) -> Loaded:
@@ -152,7 +153,7 @@ def from_checkpoint(model_file: Path, tokenizer_file: Path, params: Path, thread
     except ConfigError:
         sampling, budgets = Sampling(), None
     return Loaded(model_file, TorchDecoder(model), tokenizer, sampling,
-                  (meta.get("training_state") or {}).get("best_validation_loss"), budgets, TOKENIZER_EOS_ID)
+                  (meta.get("training_state") or {}).get("best_validation_loss"), budgets, TOKENIZER_EOS_ID, None)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -207,7 +208,7 @@ def run_generate(args: argparse.Namespace) -> int:
     }
     if args.json:
         answer = {"prompt": shown(args.prompt), "text": shown(detokenizer.text), "model": str(loaded.source),
-                  "runtime": "pytorch" if args.model else "bundle",
+                  "runtime": "pytorch" if args.model else "bundle", "languages": loaded.languages,
                   "best_validation_loss": loaded.best_validation_loss, "metrics": metrics}
         print(json.dumps({**answer, "interrupted": True} if interrupted else answer, ensure_ascii=False))
     if interrupted:

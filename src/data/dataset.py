@@ -26,9 +26,23 @@ class TokenDataError(ValueError):
 
 
 @dataclass(frozen=True)
+class BookTokens:
+    """One book's part of a split: its tokens (the EOS after it included) and the bytes of its text."""
+    name: str
+    language: str
+    tokens: int
+    bytes: int
+
+
+@dataclass(frozen=True)
 class SplitStats:
     tokens: int
     bytes: int  # UTF-8 bytes of the text behind the tokens: the denominator of bits per byte
+    books: tuple[BookTokens, ...] = ()  # in the order of the tokens
+
+    @classmethod
+    def from_dict(cls, stats: dict) -> "SplitStats":
+        return cls(stats["tokens"], stats["bytes"], tuple(BookTokens(**book) for book in stats.get("books", ())))
 
 
 def encode_split(processor: spm.SentencePieceProcessor, corpus: bytes, splits: list[BookSplit],
@@ -37,13 +51,13 @@ def encode_split(processor: spm.SentencePieceProcessor, corpus: bytes, splits: l
     if processor.get_piece_size() > np.iinfo(TOKEN_DTYPE).max + 1:
         raise ValueError(f"a vocabulary of {processor.get_piece_size()} pieces does not fit uint16 token ids")
     ids: list[int] = []
-    n_bytes = 0
+    books = []
     for split in splits:
-        byte_range = getattr(split, part)
-        ids.extend(processor.encode(part_text(corpus, byte_range)))
-        ids.append(EOS_ID)
-        n_bytes += byte_range[1] - byte_range[0]
-    return np.asarray(ids, dtype=TOKEN_DTYPE), SplitStats(tokens=len(ids), bytes=n_bytes)
+        start, end = getattr(split, part)
+        book_ids = processor.encode(part_text(corpus, (start, end))) + [EOS_ID]
+        ids.extend(book_ids)
+        books.append(BookTokens(split.name, split.language, len(book_ids), end - start))
+    return np.asarray(ids, dtype=TOKEN_DTYPE), SplitStats(len(ids), sum(b.bytes for b in books), tuple(books))
 
 
 def write_token_dataset(directory: Path, parts: dict[str, tuple[np.ndarray, SplitStats]]) -> None:
@@ -61,11 +75,14 @@ class TokenSplit:
         if not path.is_file() or not meta.is_file():
             raise TokenDataError(f"{path if not path.is_file() else meta} not found: run `dvc repro tokenize` first")
         try:
-            self.stats = SplitStats(**json.loads(meta.read_text(encoding="utf-8"))[name])
+            self.stats = SplitStats.from_dict(json.loads(meta.read_text(encoding="utf-8"))[name])
             self.ids = np.memmap(path, dtype=TOKEN_DTYPE, mode="r") if path.stat().st_size else np.zeros(0, TOKEN_DTYPE)
         except (ValueError, KeyError, TypeError) as exc:  # JSON and UTF-8 errors are ValueErrors
             raise TokenDataError(f"{directory} is damaged ({type(exc).__name__}: {exc}): rebuild it with "
                                  f"`dvc repro --force tokenize`") from None
+        if self.stats.books and sum(book.tokens for book in self.stats.books) != len(self.ids):
+            raise TokenDataError(f"{meta} does not describe {path} ({len(self.ids)} tokens): rebuild them with "
+                                 f"`dvc repro --force tokenize`")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -93,14 +110,26 @@ class TokenSplit:
             block = torch.from_numpy(self.ids[starts[:, None] + window_index].astype(np.int64))
             yield block[:, :-1], block[:, 1:]
 
+    def book_of_tokens(self) -> torch.Tensor:
+        """(len,) the index in ``stats.books`` of the book each token belongs to (all 0 when none are recorded)."""
+        if not self.stats.books:
+            return torch.zeros(len(self.ids), dtype=torch.int64)
+        counts = torch.tensor([book.tokens for book in self.stats.books])
+        return torch.repeat_interleave(torch.arange(len(counts)), counts)
+
     def evaluation_batches(self, length: int, batch_size: int):
-        """Fixed, non-overlapping windows covering every token once as a target; the last may be short."""
+        """Fixed, non-overlapping windows covering every token once as a target; the last may be short.
+
+        Yields (inputs, targets, books) of shape (B, T): ``books`` is the book index of each target.
+        """
         ids = torch.from_numpy(np.asarray(self.ids, dtype=np.int64))
+        book_of = self.book_of_tokens()
         starts = list(range(0, len(ids) - 1, length))
         full = [s for s in starts if s + length + 1 <= len(ids)]
         for first in range(0, len(full), batch_size):
-            block = torch.stack([ids[s:s + length + 1] for s in full[first:first + batch_size]])
-            yield block[:, :-1], block[:, 1:]
+            chunk = full[first:first + batch_size]
+            block = torch.stack([ids[s:s + length + 1] for s in chunk])
+            yield block[:, :-1], block[:, 1:], torch.stack([book_of[s + 1:s + length + 1] for s in chunk])
         if len(full) < len(starts):
             tail = ids[starts[-1]:]
-            yield tail[None, :-1], tail[None, 1:]
+            yield tail[None, :-1], tail[None, 1:], book_of[starts[-1] + 1:][None]

@@ -1,4 +1,4 @@
-"""Fetch a pinned file over HTTP(S) or from a local mirror, verified by sha256 before it lands.
+"""Fetch a file over HTTP(S) or from a local path or mirror, verified by its pinned sha256 before it lands.
 
 Every way a download can go wrong ends in a DownloadError with nothing left behind: a server that
 answers slowly forever meets ``max_seconds`` (checked between reads, each of which waits at most
@@ -88,16 +88,21 @@ def resolve_location(url: str, file_name: str, mirror: str | None) -> str:
     """
     if not mirror:
         return url
+    check_mirror(mirror)
+    if mirror.startswith(("http://", "https://")):
+        return f"{mirror.rstrip('/')}/{quote(file_name)}"
+    return str(Path(mirror).expanduser().resolve() / file_name)
+
+
+def check_mirror(mirror: str) -> None:
+    """Refuse a mirror that is neither an http(s) base URL with a host nor an existing local directory."""
     if mirror.startswith(("http://", "https://")):
         if not urllib.parse.urlparse(mirror).netloc:
             raise DownloadError(f"{MIRROR_ENV}={mirror!r}: an http(s) mirror needs a host")
-        return f"{mirror.rstrip('/')}/{quote(file_name)}"
-    if _SCHEME.match(mirror):
+    elif _SCHEME.match(mirror):
         raise DownloadError(f"{MIRROR_ENV}={mirror!r}: only http://, https:// or a local directory are accepted")
-    directory = Path(mirror).expanduser()
-    if not directory.is_dir():
+    elif not Path(mirror).expanduser().is_dir():
         raise DownloadError(f"{MIRROR_ENV}={mirror!r}: not a directory")
-    return str(directory.resolve() / file_name)
 
 
 def sha256_of(path: Path) -> str:
@@ -108,15 +113,42 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_verified(location: str, dest: Path, expected_sha256: str, policy: FetchPolicy,
-                   *, label: str, sleep: Callable[[float], None] = time.sleep) -> bool:
-    """Make ``dest`` hold the bytes at ``location`` whose sha256 is ``expected_sha256``.
+def open_regular_file(path: Path, label: str) -> BinaryIO:
+    """``path`` opened for reading, refused with a DownloadError unless it is an existing regular file."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; the entry is checked once it is open.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise DownloadError(f"{label}: {path} does not exist") from None
+    except OSError as exc:
+        raise DownloadError(f"{label}: {path} cannot be read ({exc.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DownloadError(f"{label}: {path} is not a regular file")
+        return open(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
-    Returns False when ``dest`` already held them (nothing fetched). The bytes go to a temporary
-    file beside ``dest`` and replace it only once their hash matches, so a failed or wrong
+
+def local_sha256(path: Path, label: str) -> str:
+    """The sha256 of a local source file (a regular file, or a DownloadError)."""
+    with open_regular_file(path, label) as f:
+        digest = hashlib.sha256()
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fetch_verified(location: str, dest: Path, expected_sha256: str | None, policy: FetchPolicy,
+                   *, label: str, sleep: Callable[[float], None] = time.sleep) -> bool:
+    """Make ``dest`` hold the bytes at ``location`` whose sha256 is ``expected_sha256`` (None: any bytes).
+
+    Returns False when ``dest`` already held the pinned bytes (nothing fetched). The bytes go to a
+    temporary file beside ``dest`` and replace it only once their hash matches, so a failed or wrong
     download never touches a file that was already there.
     """
-    if dest.is_file() and sha256_of(dest) == expected_sha256:
+    if expected_sha256 is not None and dest.is_file() and sha256_of(dest) == expected_sha256:
         return False
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(f".{dest.name}.{os.getpid()}{PART_SUFFIX}")
@@ -133,7 +165,7 @@ def fetch_verified(location: str, dest: Path, expected_sha256: str, policy: Fetc
                         f"{label}: giving up on {location} after {attempt + 1} attempt(s): {exc}") from None
                 log.warning("%s: attempt %d failed (%s); retrying in %.1fs", label, attempt + 1, exc, wait)
                 sleep(wait)
-        if actual != expected_sha256:
+        if expected_sha256 is not None and actual != expected_sha256:
             raise ChecksumMismatch(
                 f"{label}: sha256 mismatch for {location}\n  expected {expected_sha256}\n  actual   {actual}\n"
                 f"If upstream published a new version on purpose, check its text and set this book's "
@@ -157,25 +189,11 @@ def _copy(location: str, part: Path, policy: FetchPolicy, label: str, deadline: 
 
 
 def _copy_file(path: Path, out: BinaryIO, policy: FetchPolicy, label: str, deadline: _Deadline) -> str:
-    try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; the entry is checked once it is open.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise DownloadError(f"{label}: {path} does not exist in the mirror") from None
-    except OSError as exc:
-        raise DownloadError(f"{label}: {path} cannot be read ({exc.strerror})") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise DownloadError(f"{label}: {path} in the mirror is not a regular file")
-        if info.st_size > policy.max_bytes:
-            raise DownloadError(f"{label}: {path} is {info.st_size} bytes, over the {policy.max_bytes}-byte cap")
-        src = open(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-    with src:
-        return _stream(src.read, out, info.st_size, policy, label, deadline)
+    with open_regular_file(path, label) as src:
+        size = os.fstat(src.fileno()).st_size
+        if size > policy.max_bytes:
+            raise DownloadError(f"{label}: {path} is {size} bytes, over the {policy.max_bytes}-byte cap")
+        return _stream(src.read, out, size, policy, label, deadline)
 
 
 def _copy_http(url: str, out: BinaryIO, policy: FetchPolicy, label: str, deadline: _Deadline) -> str:

@@ -36,24 +36,16 @@ def decode(raw: bytes, label: str) -> str:
     return unicodedata.normalize("NFC", text)
 
 
-def strip_boilerplate(text: str, label: str, *, allow_unmarked: bool = False) -> str:
-    """The book's text between the Gutenberg START and END markers, trimmed of blank edges.
-
-    Without both markers the text is refused, unless ``allow_unmarked`` says the source is not a
-    Gutenberg file, in which case it is kept whole.
-    """
+def strip_boilerplate(text: str, label: str) -> str:
+    """The book's text between the Gutenberg START and END markers, trimmed of blank edges."""
     start = _START.search(text)
     end = _END.search(text, start.end() if start else 0)
-    if start and end:
-        body = text[start.end():end.start()]
-    elif allow_unmarked and not start and not end:
-        body = text
-    else:
+    if not (start and end):
         missing = " and ".join(name for name, m in (("START", start), ("END", end)) if not m)
         raise NotTextError(
             f"{label}: no Gutenberg {missing} marker found ('*** START OF THE PROJECT GUTENBERG EBOOK"
-            f" ... ***'); set allow_unmarked: true for this source if it is not a Gutenberg file")
-    body = _TRAILER.sub("", body).strip()
+            f" ... ***'); set format: plain for this source if it is not a Gutenberg file")
+    body = _TRAILER.sub("", text[start.end():end.start()]).strip()
     if not body:
         raise NotTextError(f"{label}: empty after stripping the Gutenberg header and footer")
     return body
@@ -72,12 +64,20 @@ class Book:
     licence: str  # everything after the END marker: Project Gutenberg's licence ("" for an unmarked source)
 
 
-def read_book(raw: bytes, label: str, *, allow_unmarked: bool = False) -> Book:
-    """Decode and clean ``raw``; read the header's Title, Author and Language lines and keep the licence text."""
+def read_book(raw: bytes, label: str, text_format: str = "gutenberg") -> Book:
+    """Decode and clean ``raw``.
+
+    "gutenberg": the text between the markers, the header's Title, Author and Language lines, and the
+    licence text after the END marker. "plain": the whole text, nothing said of it.
+    """
     text = decode(raw, label)
+    if text_format == "plain":
+        if not text.strip():
+            raise NotTextError(f"{label}: empty")
+        return Book(text.strip(), None, None, None, "")
     start = _START.search(text)
     end = _END.search(text, start.end() if start else 0)
     header = text[:start.start()] if start else ""
     fields = {name.lower(): value for name, value in reversed(_FIELD.findall(header))}  # the first of each wins
-    return Book(strip_boilerplate(text, label, allow_unmarked=allow_unmarked), fields.get("title"),
+    return Book(strip_boilerplate(text, label), fields.get("title"),
                 fields.get("author"), fields.get("language"), text[end.start():].strip() if end else "")

@@ -77,3 +77,14 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         total = sum(F.cross_entropy((rows @ weight.T).float(), row_targets, reduction="sum")
                     for rows, row_targets in zip(hidden.split(CHUNK_ROWS), targets.split(CHUNK_ROWS)))
         return total / targets.numel()
+
+
+@torch.no_grad()
+def token_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Evaluation: the cross-entropy of each row, (N,) in fp32, a chunk of rows at a time as above."""
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    with torch.autocast(device, enabled=False):
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+        return torch.cat([F.cross_entropy((rows @ weight.T).float(), row_targets, reduction="none")
+                          for rows, row_targets in zip(hidden.split(CHUNK_ROWS), targets.split(CHUNK_ROWS))])

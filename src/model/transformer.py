@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.config import ModelConfig
-from src.model.loss import linear_cross_entropy
+from src.model.loss import linear_cross_entropy, token_cross_entropy
 
 INIT_STD = 0.02
 
@@ -238,3 +238,8 @@ class TinyTransformer(nn.Module):
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy (nats per token) of predicting ``targets`` (B, T) from ``tokens`` (B, T)."""
         return linear_cross_entropy(self.hidden(tokens).flatten(0, 1), self.head.weight, targets.flatten())
+
+    def token_losses(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (nats) of each target, (B, T) from ``tokens`` and ``targets`` (B, T); no gradient."""
+        return token_cross_entropy(self.hidden(tokens).flatten(0, 1), self.head.weight,
+                                   targets.flatten()).view(targets.shape)

@@ -57,6 +57,15 @@ def md5_of(path: Path) -> str:
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
+def rights(books: list[dict[str, Any]]) -> str:
+    """What can be said of the books' rights: Gutenberg's for the books that carried its licence."""
+    others = [book["name"] for book in books if not book["licence"]]
+    if not others:
+        return PUBLIC_DOMAIN
+    return (f"{PUBLIC_DOMAIN if len(others) < len(books) else ''} Not from Project Gutenberg: {', '.join(others)}; "
+            f"whoever trained this model answers for their rights.").strip()
+
+
 def git_commit() -> str | None:
     """The commit checked out here, or None outside a git repository."""
     done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
@@ -65,15 +74,18 @@ def git_commit() -> str | None:
 
 def model_card(config: dict[str, Any], metrics: dict[str, Any], provenance: dict[str, Any]) -> str:
     """README.md: what the model is, its data and figures, its use and limits, with the Hugging Face metadata."""
-    languages = sorted({book["language"] for book in provenance["books"]})
+    languages = metrics["languages"]
     books = "\n".join(f"| {b['title'] or b['name']} | {b['author'] or '-'} | {b['language']} | {b['share']:.1%} | "
                       f"`{b['sha256'][:12]}` |" for b in provenance["books"]) or "| (not recorded) | | | | |"
     loss, bits = metrics["validation_loss"], metrics["validation_bits_per_byte"]
     figures = (f"- validation loss **{loss:.4f}** nats per token, **{bits:.4f}** bits per byte, after "
                f"{metrics['best_epoch']} of {metrics['epochs']} epochs" if loss is not None and bits is not None
                else "- validation figures: not recorded with this bundle")
-    per_language = "\n".join(f"- {language}: {m['tokens_per_character']} tokens per character on held-out text"
-                             for language, m in metrics.get("tokenizer", {}).items())
+    bits_by_language = metrics.get("bits_per_byte_by_language") or {}
+    per_language = "\n".join(
+        f"- {language}: " + (f"{bits_by_language[language]:.4f} bits per byte, " if language in bits_by_language else "")
+        + f"{m['tokens_per_character']} tokens per character on its held-out text"
+        for language, m in metrics.get("tokenizer", {}).items())
     header = "\n".join(["---", "language:", *(f"- {code}" for code in languages), "license: mit",
                         "library_name: numpy", "pipeline_tag: text-generation",
                         "tags:", "- tinytransformer", "- safetensors", "- dvc", "---"])
@@ -83,7 +95,7 @@ def model_card(config: dict[str, Any], metrics: dict[str, Any], provenance: dict
 
 A small decoder-only language model ({config['n_layers']} layers, {config['n_heads']} heads, width {config['d_model']},
 context {config['context_length']} tokens, {config['vocab_size']} sentencepiece pieces, {metrics.get('parameters', '?')}
-parameters), trained by the TinyTransformer DVC pipeline on public-domain books. It runs with numpy,
+parameters), trained by the TinyTransformer DVC pipeline on the books below. It runs with numpy,
 sentencepiece and safetensors alone: `python -m src.cli.minimal_llm generate --bundle <this folder> --prompt "..."`.
 
 ## Data
@@ -92,8 +104,8 @@ sentencepiece and safetensors alone: `python -m src.cli.minimal_llm generate --b
 | --- | --- | --- | ---: | --- |
 {books}
 
-{PUBLIC_DOMAIN.split(';')[0]}. `provenance.json` names each source, its hash, the commit and the
-pipeline inputs this bundle was made from.
+{provenance["rights"]} `provenance.json` names each source, its hash, the commit and the pipeline inputs
+this bundle was made from.
 
 ## Metrics
 
@@ -106,7 +118,7 @@ this bundle against them.
 ## Intended use
 
 Learning and demonstration: how a language model is trained, versioned, measured and shipped to a small
-device. Text continuation in the languages above, in the style of 19th-century novels.
+device. Text continuation in {", ".join(languages)}, in the style of the books above.
 
 ## Limitations
 
@@ -135,11 +147,13 @@ def create_bundle(model: Path, tokenizer: Path, out: Path, inputs: BundleInputs)
         "tokenizer": {language: {k: m[k] for k in ("tokens_per_character", "character_coverage")}
                       for language, m in inputs.tokenizer_metrics.get("held_out", {}).items()},
         "budgets": asdict(inputs.budgets) if inputs.budgets else None,
+        "languages": sorted({book["language"] for book in inputs.sources}),
+        "bits_per_byte_by_language": train.get("best_bits_per_byte_by_language"),
     }
     provenance = {
         "books": [{k: book[k] for k in ("name", "title", "author", "url", "sha256", "language", "share")}
                   for book in inputs.sources],
-        "public_domain": PUBLIC_DOMAIN,
+        "rights": rights(inputs.sources),
         "gutenberg_licences": {book["name"]: book["licence"] for book in inputs.sources if book["licence"]},
         "git_commit": git_commit(),
         "inputs_md5": inputs.recorded,  # as dvc.lock records each input

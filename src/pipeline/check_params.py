@@ -23,7 +23,7 @@ from typing import Any
 from src import paths
 from src.atomic import write_atomic
 from src.config import PARAMS_FILE, ConfigError, config_from_dict, parse_yaml
-from src.data.fetch import DownloadError, resolve_location
+from src.data.fetch import DownloadError, check_mirror
 from src.pipeline.stage import ExitCode, PrerequisiteError, run_stage
 
 MARKER = b"params.yaml passed validation (this file never changes, so it never makes another stage run)\n"
@@ -52,10 +52,10 @@ def check_params(params_file: Path, overrides: list[str], mirror: str | None) ->
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{params_file}: cannot be read ({exc})") from None
     raw = parse_yaml(text, str(params_file)) or {}
-    config = config_from_dict(with_overrides(raw, overrides) if overrides else raw, str(params_file))
+    config_from_dict(with_overrides(raw, overrides) if overrides else raw, str(params_file))
     if mirror is not None:
         try:
-            resolve_location(config.corpus.sources[0].url, config.corpus.sources[0].file_name, mirror)
+            check_mirror(mirror)
         except DownloadError as exc:
             raise PrerequisiteError(str(exc)) from None
 

@@ -1,8 +1,10 @@
-"""Stage `download`: fetch the pinned books and build the bilingual corpus (exit code 2 on failure).
+"""Stage `download`: fetch the books and build the corpus, its index and its languages (exit code 2 on failure).
 
     python -m src.pipeline.download [--params params.yaml]
 
-Set TT_CORPUS_MIRROR to a directory or an http(s) base URL to take the books from a mirror.
+Each source is an http(s) URL (pinned by sha256) or a local file. Set TT_CORPUS_MIRROR to a directory or an
+http(s) base URL to take the http(s) books from a mirror. data/raw/ persists across runs (dvc.yaml), so a
+re-run fetches only the books that are not there yet with the pinned bytes.
 """
 
 from __future__ import annotations
@@ -14,43 +16,88 @@ from pathlib import Path
 
 from src import paths
 from src.atomic import remove_leftovers, write_atomic, write_json
-from src.config import CorpusConfig, load_config
-from src.data.corpus import BookSpan, assemble, write_index
-from src.data.fetch import MIRROR_ENV, DownloadError, FetchPolicy, fetch_verified, resolve_location
-from src.data.gutenberg import NotTextError, read_book
-from src.pipeline.stage import ExitCode, require_free_disk, run_stage, stage_arguments
+from src.config import BookSource, CorpusConfig, SplitConfig, load_config
+from src.data.corpus import BookSpan, assemble, part_text, split_books, write_index
+from src.data.fetch import MIRROR_ENV, DownloadError, FetchPolicy, fetch_verified, resolve_location, sha256_of
+from src.data.gutenberg import Book, NotTextError, read_book
+from src.data.languages import build_profile, language_code, opening_words
+from src.pipeline.stage import ExitCode, StageError, require_free_disk, run_stage, stage_arguments
 
 log = logging.getLogger(__name__)
 
-def download(cfg: CorpusConfig, *, mirror: str | None, raw_dir: Path = paths.RAW_DIR,
+# Fewer held-out characters than this in a language make too thin a profile for validate's language check,
+# and too little text for a per-language loss that means anything.
+MIN_HELD_OUT_CHARACTERS = 500
+
+
+def download(cfg: CorpusConfig, split: SplitConfig, *, mirror: str | None, raw_dir: Path = paths.RAW_DIR,
              corpus_file: Path = paths.CORPUS_FILE, index_file: Path = paths.CORPUS_INDEX_FILE,
-             sources_file: Path = paths.CORPUS_SOURCES, metrics_file: Path = paths.CORPUS_METRICS) -> dict:
+             sources_file: Path = paths.CORPUS_SOURCES, languages_file: Path = paths.LANGUAGES,
+             metrics_file: Path = paths.CORPUS_METRICS) -> dict:
     require_free_disk(raw_dir, cfg.min_free_disk_gb)
     remove_leftovers(raw_dir)
     policy = FetchPolicy(cfg.timeout_s, cfg.retries, cfg.backoff_s, int(cfg.max_download_mb * 1e6),
                          cfg.max_download_s)
-    books, cleaned = [], []
-    for source in cfg.sources:
-        location = resolve_location(source.url, source.file_name, mirror)
+    books, cleaned, hashes = [], [], []
+    for index, source in enumerate(cfg.sources):
         raw_file = raw_dir / source.file_name
+        location = str(Path(source.url).expanduser()) if source.is_local else \
+            resolve_location(source.url, source.file_name, mirror)
         fetched = fetch_verified(location, raw_file, source.sha256, policy, label=source.file_name)
         log.info("%s %s (%s)", "fetched" if fetched else "kept verified", raw_file, location if fetched else source.sha256[:12])
-        book = read_book(raw_file.read_bytes(), source.file_name, allow_unmarked=source.allow_unmarked)
-        books.append((source.name, source.language, book.text))
+        book = read_book(raw_file.read_bytes(), source.file_name, source.format)
+        books.append((source.name, book_language(source, book, f"corpus.sources[{index}]"), book.text))
         cleaned.append(book)
+        hashes.append(source.sha256 or sha256_of(raw_file))
+    for stale in set(os.listdir(raw_dir)) - {source.file_name for source in cfg.sources}:
+        if (raw_dir / stale).is_file():
+            (raw_dir / stale).unlink()  # a book no longer in corpus.sources (data/raw persists)
 
     corpus, spans = assemble(books)
+    languages = language_profiles(corpus, spans, split.holdout_fraction)
     write_atomic(corpus_file, corpus)
     write_index(index_file, spans)
+    write_json(languages_file, languages)
     metrics = corpus_metrics(corpus, spans)
     write_json(sources_file, {"books": [
-        {"name": source.name, "title": book.title, "author": book.author, "url": source.url, "sha256": source.sha256,
-         "language": source.language, "share": metrics["books"][source.name]["share"], "licence": book.licence}
-        for source, book in zip(cfg.sources, cleaned)]})
+        {"name": source.name, "title": book.title, "author": book.author, "url": source.url, "sha256": sha256,
+         "language": span.language, "share": metrics["books"][source.name]["share"], "licence": book.licence}
+        for source, book, span, sha256 in zip(cfg.sources, cleaned, spans, hashes)]})
     write_json(metrics_file, metrics)
     log.info("corpus: %d bytes, %d characters, languages %s", metrics["bytes"], metrics["characters"],
              {lang: round(v["share"], 3) for lang, v in metrics["languages"].items()})
     return metrics
+
+
+def book_language(source: BookSource, book: Book, key: str) -> str:
+    """The source's language: as params set it, else as its Gutenberg header names it."""
+    if source.language:
+        return source.language
+    code = language_code(book.language) if book.language else None
+    if code is None:
+        said = f"names its language {book.language!r}, which is not" if book.language else "names no language:"
+        raise NotTextError(f"{source.file_name}: the text {said} an ISO 639-1 language; set {key}.language "
+                           f"(e.g. `language: fr`) in params.yaml")
+    return code
+
+
+def language_profiles(corpus: bytes, spans: list[BookSpan], holdout_fraction: float) -> dict[str, dict]:
+    """Per language: its held-out characters, the opening words and the n-gram profile of its held-out text."""
+    try:
+        splits = split_books(corpus, spans, holdout_fraction)
+    except ValueError as exc:
+        raise StageError(f"{exc}: add text to it or raise split.holdout_fraction") from None
+    held_out: dict[str, str] = defaultdict(str)
+    for book in splits:
+        held_out[book.language] += part_text(corpus, book.validation)
+    for language, text in held_out.items():
+        if len(text) < MIN_HELD_OUT_CHARACTERS:
+            books = ", ".join(book.name for book in splits if book.language == language)
+            raise StageError(f"language '{language}' ({books}) has {len(text)} characters of held-out text "
+                             f"(split.holdout_fraction = {holdout_fraction:g}); it needs {MIN_HELD_OUT_CHARACTERS}: "
+                             f"add text in it or raise split.holdout_fraction")
+    return {language: {"held_out_characters": len(text), "opening": opening_words(text),
+                       "profile": build_profile(text)} for language, text in sorted(held_out.items())}
 
 
 def corpus_metrics(corpus: bytes, spans: list[BookSpan]) -> dict:
@@ -72,9 +119,12 @@ def corpus_metrics(corpus: bytes, spans: list[BookSpan]) -> dict:
 
 def main() -> None:
     args = stage_arguments(__doc__)
-    run_stage("download",
-              lambda: download(load_config(args.params).corpus, mirror=os.environ.get(MIRROR_ENV)),
-              ExitCode.CORPUS, expected=(DownloadError, NotTextError))
+
+    def body() -> None:
+        cfg = load_config(args.params)
+        download(cfg.corpus, cfg.split, mirror=os.environ.get(MIRROR_ENV))
+
+    run_stage("download", body, ExitCode.CORPUS, expected=(DownloadError, NotTextError))
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ def write_outputs(result: TrainingResult) -> None:
         "best_epoch": state.best_epoch,
         "best_validation_bits_per_byte": best["validation_bits_per_byte"],
         "final_validation_bits_per_byte": last["validation_bits_per_byte"],
+        "best_bits_per_byte_by_language": best["validation_bits_per_byte_by_language"],
         "parameters": result.parameters,
     }
     speed = {"total_training_time": total_seconds, "tokens_per_sec": tokens_per_sec}
@@ -87,7 +88,8 @@ def write_outputs(result: TrainingResult) -> None:
 
 
 def rounded(values: dict) -> dict:
-    return {k: round(v, 6) if isinstance(v, float) else v for k, v in values.items()}
+    return {k: round(v, 6) if isinstance(v, float) else rounded(v) if isinstance(v, dict) else v
+            for k, v in values.items()}
 
 
 def launch_workers(nproc: int, argv: list[str]) -> None:

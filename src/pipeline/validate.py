@@ -1,9 +1,11 @@
-"""Stage `validate`: samples in both languages, memory and latency budgets, quality checks (exit code 5).
+"""Stage `validate`: a sample per corpus language, memory and latency budgets, quality checks (exit code 5).
 
     python -m src.pipeline.validate [--params params.yaml]
 
 Each measurement runs `python -m src.cli.minimal_llm generate --json` in a fresh process on the bundle,
 through the runtime, exactly as a device would. The metrics are written before the stage fails on a budget.
+A sample is in its prompt's language when the character n-gram profile nearest to it, among the profiles
+the download stage built from each language's held-out text, is that language's.
 """
 
 from __future__ import annotations
@@ -18,17 +20,11 @@ from pathlib import Path
 from src import paths
 from src.atomic import write_json
 from src.config import ValidateConfig, load_config
+from src.data.languages import Profile, nearest_language
 from src.pipeline.stage import ExitCode, StageError, missing_input, run_stage, stage_arguments
 
 log = logging.getLogger(__name__)
 
-# A few of the most frequent function words of each language; "a", "no", "me" are left out (both use them).
-_STOPWORDS = {
-    "en": {"the", "and", "of", "to", "in", "that", "was", "he", "she", "it", "i", "you", "her", "his", "with",
-           "not", "had", "be", "as", "for", "is", "at", "my", "but", "said", "have", "on", "they", "were"},
-    "es": {"el", "la", "de", "que", "y", "en", "los", "se", "del", "las", "un", "por", "con", "una", "su",
-           "para", "es", "al", "lo", "como", "más", "pero", "sus", "le", "sin", "don", "yo", "mi", "dijo"},
-}
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -39,27 +35,20 @@ def repetition_rate(text: str) -> float:
     return 1 - len(set(trigrams)) / len(trigrams) if trigrams else 0.0
 
 
-def detect_language(text: str) -> str | None:
-    """'en' or 'es' by function-word counts (plus Spanish-only letters); None when there is no evidence."""
-    words = _WORD.findall(text.lower())
-    scores = {lang: sum(w in stop for w in words) for lang, stop in _STOPWORDS.items()}
-    scores["es"] += sum(ch in "ñ¿¡áéíóú" for ch in text.lower())
-    if scores["en"] == scores["es"]:
-        return None
-    return max(scores, key=scores.get)
-
-
 def whitespace_share(text: str) -> float:
     return sum(ch.isspace() for ch in text) / len(text) if text else 1.0
 
 
-def quality_check(text: str, unknown_share: float, language: str, cfg: ValidateConfig) -> dict:
+def quality_check(text: str, unknown_share: float, language: str, profiles: dict[str, Profile],
+                  cfg: ValidateConfig) -> dict:
     """Is the sample real text in the prompt's language, not a loop, blank lines or byte soup?"""
+    detected, _ = nearest_language(text, profiles)
     checks = {
         "repetition_rate": round(repetition_rate(text), 4),
         "whitespace_share": round(whitespace_share(text), 4),
         "unknown_share": unknown_share,
-        "language_ok": detect_language(text) == language,
+        "detected_language": detected,
+        "language_ok": detected == language,
     }
     checks["passed"] = (checks["repetition_rate"] <= cfg.max_repetition
                         and checks["whitespace_share"] <= cfg.max_whitespace_share
@@ -79,13 +68,35 @@ def measure(prompt: str, cfg: ValidateConfig, bundle: Path) -> dict:
     return json.loads(done.stdout)
 
 
-def validate(cfg: ValidateConfig, *, bundle: Path = paths.BUNDLE_DIR, samples_file: Path = paths.SAMPLES,
-             metrics_file: Path = paths.VALIDATE_METRICS) -> dict:
+def read_languages(path: Path) -> dict[str, dict]:
+    """The download stage's languages file: per language its opening words and n-gram profile."""
+    if not path.is_file():
+        raise missing_input(path, "download")
+    try:
+        languages = json.loads(path.read_text(encoding="utf-8"))
+        return {code: {"opening": str(entry["opening"]), "profile": dict(entry["profile"])}
+                for code, entry in languages.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise StageError(f"{path} is damaged ({type(exc).__name__}: {exc}): rebuild it with "
+                         f"`dvc repro --force download`") from None
+
+
+def prompts_for(languages: dict[str, dict], cfg: ValidateConfig) -> dict[str, str]:
+    """validate.prompts for the corpus languages; a language without one: its held-out text's opening words."""
+    for unused in sorted(set(cfg.prompts) - set(languages)):
+        log.info("validate.prompts.%s is not used: the corpus holds no '%s' text", unused, unused)
+    return {language: cfg.prompts.get(language) or entry["opening"] for language, entry in languages.items()}
+
+
+def validate(cfg: ValidateConfig, *, bundle: Path = paths.BUNDLE_DIR, languages_file: Path = paths.LANGUAGES,
+             samples_file: Path = paths.SAMPLES, metrics_file: Path = paths.VALIDATE_METRICS) -> dict:
     if not bundle.is_dir():
         raise missing_input(bundle, "bundle")
-    runs = {"en": measure(cfg.prompt_en, cfg, bundle), "es": measure(cfg.prompt_es, cfg, bundle)}
+    languages = read_languages(languages_file)
+    runs = {language: measure(prompt, cfg, bundle) for language, prompt in prompts_for(languages, cfg).items()}
+    profiles = {language: entry["profile"] for language, entry in languages.items()}
 
-    quality = {language: quality_check(run["text"], run["metrics"]["unknown_share"], language, cfg)
+    quality = {language: quality_check(run["text"], run["metrics"]["unknown_share"], language, profiles, cfg)
                for language, run in runs.items()}
     worst = {key: max(run["metrics"][key] for run in runs.values())
              for key in ("rss_mb", "peak_mb", "latency_p95_ms", "latency_p50_ms", "time_to_first_token_ms")}
@@ -97,12 +108,13 @@ def validate(cfg: ValidateConfig, *, bundle: Path = paths.BUNDLE_DIR, samples_fi
     metrics = {
         **worst,
         "tokens_per_sec": min(run["metrics"]["tokens_per_sec"] for run in runs.values()),
-        "best_validation_loss": runs["en"]["best_validation_loss"],
+        "best_validation_loss": next(iter(runs.values()))["best_validation_loss"],
         "budgets": budgets,
         "quality": quality,
         "passed": all(b["passed"] for b in budgets.values()) and all(q["passed"] for q in quality.values()),
     }
-    samples = {language: {"prompt": run["prompt"], "text": run["text"], "detected_language": detect_language(run["text"])}
+    samples = {language: {"prompt": run["prompt"], "text": run["text"],
+                          "detected_language": quality[language]["detected_language"]}
                for language, run in runs.items()}
     write_json(samples_file, samples)
     write_json(metrics_file, metrics)

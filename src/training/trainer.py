@@ -179,26 +179,44 @@ def make_train_step(model: TinyTransformer, optimizer: torch.optim.Optimizer,
     return step
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float  # mean cross-entropy, nats per token
+    bits_per_byte: float
+    bits_per_byte_by_language: dict[str, float]  # each language's held-out text alone
+
+
 @torch.inference_mode()
 def evaluate(model: TinyTransformer, split: TokenSplit, length: int, batch_size: int,
-             precision: str, workers: Workers = single_process()) -> tuple[float, float]:
-    """(mean cross-entropy in nats per token, bits per byte) over the whole split, fixed windows.
+             precision: str, workers: Workers = single_process()) -> Evaluation:
+    """The loss over the whole split in fixed windows, and its bits per byte overall and per language.
 
-    Workers score every ``world_size``-th batch each and add up their sums.
+    Each target's loss is added to its book's sum. Workers score every ``world_size``-th batch each and add
+    up their sums.
     """
     was_training = model.training
     model.eval()
-    total_nats, count = 0.0, 0
-    for index, (inputs, targets) in enumerate(split.evaluation_batches(length, batch_size)):
+    books = split.stats.books
+    nats = torch.zeros(max(len(books), 1), dtype=torch.float64)
+    count = 0
+    for index, (inputs, targets, book_of) in enumerate(split.evaluation_batches(length, batch_size)):
         if index % workers.world_size != workers.rank:
             continue
-        inputs, targets = inputs.to(workers.device), targets.to(workers.device)
         with precision_context(precision, workers.device):
-            total_nats += model.loss(inputs, targets).item() * targets.numel()
+            losses = model.token_losses(inputs.to(workers.device), targets.to(workers.device))
+        nats += torch.bincount(book_of.flatten(), weights=losses.flatten().double().cpu(), minlength=len(nats))
         count += targets.numel()
     model.train(was_training)
-    total_nats, count = workers.sum([total_nats, count])
-    return total_nats / count, total_nats / (math.log(2) * split.stats.bytes)
+    *nats_per_book, count = workers.sum([*nats.tolist(), count])
+    total = sum(nats_per_book)
+    by_language: dict[str, list[float]] = {}
+    for book, book_nats in zip(books, nats_per_book):
+        language = by_language.setdefault(book.language, [0.0, 0])
+        language[0] += book_nats
+        language[1] += book.bytes
+    return Evaluation(total / count, total / (math.log(2) * split.stats.bytes),
+                      {language: nats_sum / (math.log(2) * n_bytes)
+                       for language, (nats_sum, n_bytes) in sorted(by_language.items())})
 
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, tokens_dir: Path,
@@ -292,12 +310,14 @@ def run_epoch(state: TrainingState, step: Callable[[torch.Tensor, torch.Tensor],
             bar.set_postfix(loss=f"{loss_value:.3f}")
     bar.close()
     train_seconds = time.perf_counter() - started
-    validation_loss, bits_per_byte = evaluate(model, validation_split, length, cfg.eval_batch_size,
-                                              cfg.precision, workers)
+    evaluation = evaluate(model, validation_split, length, cfg.eval_batch_size, cfg.precision, workers)
+    validation_loss, bits_per_byte = evaluation.loss, evaluation.bits_per_byte
     state.epoch = epoch
     state.history.append({
         "epoch": epoch, "train_loss": loss_sum / tokens_seen, "validation_loss": validation_loss,
-        "validation_bits_per_byte": bits_per_byte, "learning_rate": scheduler.get_last_lr()[0],
+        "validation_bits_per_byte": bits_per_byte,
+        "validation_bits_per_byte_by_language": evaluation.bits_per_byte_by_language,
+        "learning_rate": scheduler.get_last_lr()[0],
     })
     timing = {"seconds": time.perf_counter() - started, "tokens_per_sec": tokens_seen / train_seconds}
     log.info("epoch %d/%d: train loss %.4f, validation loss %.4f (%.3f bits/byte), %.0f tokens/s, %.1fs",

@@ -1,0 +1,194 @@
+"""Custom corpora: local and http(s) books in any language, from params and from --corpus-url, through every stage."""
+
+import hashlib
+import json
+import shutil
+
+import pytest
+
+from src.config import parse_yaml
+from src.pipeline.corpus_sources import hydra_value, source_location, unique_name
+from tests.conftest import REPO_ROOT, TINY_PARAMS, run_module, stages_run, write_params
+
+FRENCH = REPO_ROOT / "tests/fixtures/notes_fr.txt"
+PG11_SHA = "2bb7d5634ee2683a52fc0f016464124d35fc310f395f1b79d2ed0dc33c7f2a44"
+PG2000_SHA = "485be638d952a55acbb944c964d0429418ca2da711df7bc48a36c612129ead9b"
+
+
+def three_languages(server_url: str) -> list[dict]:
+    """Alice (its language read from its Gutenberg header), Don Quijote (es) and French notes in a local plain file."""
+    return [{"name": "alice", "url": f"{server_url}/pg11.txt", "sha256": PG11_SHA},
+            {"name": "quijote", "url": f"{server_url}/pg2000.txt", "language": "es", "sha256": PG2000_SHA},
+            {"name": "notes", "url": "books/notes_fr.txt", "language": "fr", "format": "plain"}]
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    write_params(tmp_path, TINY_PARAMS)
+    (tmp_path / "books").mkdir()
+    shutil.copy(FRENCH, tmp_path / "books/notes_fr.txt")
+    return tmp_path
+
+
+def download(workdir, sources):
+    write_params(workdir, {"corpus.sources": sources})
+    return run_module("src.pipeline.download", workdir)
+
+
+def test_download_builds_a_corpus_of_local_and_http_books_in_three_languages(workdir, book_server):
+    done = download(workdir, three_languages(book_server.url))
+    assert done.returncode == 0, done.stderr
+    languages = json.loads((workdir / "data/languages.json").read_text())
+    assert sorted(languages) == ["en", "es", "fr"]
+    french_words = " ".join(FRENCH.read_text().split())
+    opening = languages["fr"]["opening"]
+    assert len(opening.split()) == 6 and french_words.index(opening) > 0.8 * len(french_words)  # held-out text
+    assert all(entry["held_out_characters"] >= 500 and entry["profile"] for entry in languages.values())
+    sources = json.loads((workdir / "data/corpus_sources.json").read_text())["books"]
+    assert [(b["name"], b["language"]) for b in sources] == [("alice", "en"), ("quijote", "es"), ("notes", "fr")]
+    assert sources[2]["sha256"] == hashlib.sha256(FRENCH.read_bytes()).hexdigest()
+    assert sources[2]["licence"] == "" and sources[0]["licence"].startswith("*** END")
+    corpus = (workdir / "data/corpus.txt").read_text()
+    assert FRENCH.read_text().strip() in corpus and "*** START OF" not in corpus and "*** END OF" not in corpus
+    metrics = json.loads((workdir / "metrics/corpus.json").read_text())
+    assert sorted(metrics["languages"]) == ["en", "es", "fr"]
+
+
+def test_the_local_books_stage_hashes_each_local_file(workdir, book_server):
+    write_params(workdir, {"corpus.sources": three_languages(book_server.url)})
+    done = run_module("src.pipeline.local_books", workdir)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((workdir / "data/local_books.json").read_text()) == {
+        "notes": hashlib.sha256(FRENCH.read_bytes()).hexdigest()}
+    (workdir / "books/notes_fr.txt").unlink()
+    missing = run_module("src.pipeline.local_books", workdir)
+    assert missing.returncode == 2 and "books/notes_fr.txt does not exist" in missing.stderr, missing.stderr
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"language": None}, "the text names no language: an ISO 639-1 language; set corpus.sources[2].language"),
+    ({"format": "gutenberg"}, "no Gutenberg START and END marker found"),
+])
+def test_a_local_book_that_says_too_little_is_refused_with_the_key_to_set(workdir, book_server, change, message):
+    sources = three_languages(book_server.url)
+    sources[2] = {k: v for k, v in {**sources[2], **change}.items() if v is not None}
+    done = download(workdir, sources)
+    assert done.returncode == 2 and message.split(":")[0] in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not (workdir / "data/corpus.txt").exists()
+
+
+def test_a_language_with_too_little_held_out_text_is_refused(workdir, book_server):
+    (workdir / "books/notes_fr.txt").write_text("Le matin où la rivière déborda, le village entier descendit.\n" * 40)
+    done = download(workdir, three_languages(book_server.url))
+    assert done.returncode == 2, done.stderr
+    assert "language 'fr' (notes) has" in done.stderr and "it needs 500" in done.stderr
+    assert "split.holdout_fraction" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_gutenberg_book_empty_after_stripping_is_refused(workdir, book_server):
+    (workdir / "books/empty.txt").write_text("Language: French\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\n\n"
+                                             "*** END OF THE PROJECT GUTENBERG EBOOK X ***\n")
+    sources = three_languages(book_server.url) + [{"name": "empty", "url": "books/empty.txt"}]
+    done = download(workdir, sources)
+    assert done.returncode == 2 and "empty after stripping the Gutenberg header and footer" in done.stderr
+
+
+def test_duplicate_names_and_unpinned_http_books_are_refused_before_any_work(workdir, book_server):
+    sources = three_languages(book_server.url)
+    for bad, message in (([*sources, {**sources[2], "url": "books/other.txt"}], "duplicate book names: notes"),
+                         ([{**sources[0], "sha256": None}], "'corpus.sources[0].sha256' is required")):
+        done = run_module("src.pipeline.check_params", workdir, "--set", f"corpus.sources={hydra_value(bad)}")
+        assert done.returncode == 1 and message in done.stderr, done.stderr
+
+
+def test_corpus_url_prints_the_pinned_sources_of_http_and_local_books(workdir, book_server, tmp_path):
+    done = run_module("src.pipeline.corpus_sources", workdir, "--corpus-url", f"{book_server.url}/pg11.txt",
+                      "--corpus-url", "books/notes_fr.txt", "--corpus-language", "fr", "--from-dir", str(workdir))
+    assert done.returncode == 0, done.stderr
+    key, _, value = done.stdout.strip().partition("=")
+    entries = parse_yaml(value, "stdout")  # what check_params --set reads; DVC reads it with Hydra's grammar
+    assert key == "corpus.sources" and entries == [
+        {"name": "pg11", "url": f"{book_server.url}/pg11.txt", "language": "en", "sha256": PG11_SHA,
+         "format": "gutenberg"},
+        {"name": "notes_fr", "url": "books/notes_fr.txt", "language": "fr",
+         "sha256": hashlib.sha256(FRENCH.read_bytes()).hexdigest(), "format": "plain"}]
+    assert f"sha256 {PG11_SHA}, language en (from its Gutenberg header)" in done.stderr
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--corpus-url", "books/notes_fr.txt"], 2, "does not name its language: give its ISO 639-1 code"),
+    (["--corpus-url", "books/notes_fr.txt", "--corpus-language", "french"], 1, "'french' is not an ISO 639-1 code"),
+    (["--corpus-language", "fr"], 1, "--corpus-language must follow the --corpus-url"),
+    (["--corpus-url", "books/missing.txt"], 2, "does not exist"),
+])
+def test_corpus_url_refusals(workdir, args, code, message):
+    done = run_module("src.pipeline.corpus_sources", workdir, *args, "--from-dir", str(workdir))
+    assert done.returncode == code and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_source_names_and_locations(tmp_path):
+    taken: set[str] = set()
+    assert [unique_name(u, taken) for u in ("a/notes fr.txt", "b/notes fr.txt", "https://x/pg11.txt")] == \
+        ["notes_fr", "notes_fr_2", "pg11"]
+    root = tmp_path / "repo"
+    assert source_location("books/a.txt", root, root) == "books/a.txt"
+    assert source_location("../a.txt", root, root) == str(tmp_path / "a.txt")
+    assert hydra_value([{"name": "a", "url": 'say "hi"\\'}]) == '[{name: "a", url: "say \\"hi\\"\\\\"}]'
+
+
+# --- the whole pipeline on a corpus of the user's -----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_three_languages_through_dvc_repro_and_an_edited_local_book_reruns_from_download(tiny_repo, book_server):
+    (tiny_repo.path / "books").mkdir()
+    shutil.copy(FRENCH, tiny_repo.path / "books/notes_fr.txt")
+    tiny_repo.set_params({"corpus.sources": three_languages(book_server.url)})
+    tiny_repo.run("git", "add", "books", "params.yaml")
+    tiny_repo.run("git", "commit", "-qm", "three languages")
+    repo = tiny_repo.path
+
+    first = tiny_repo.dvc("repro", check=False)  # validate may judge a 2-epoch model's samples either way
+    assert stages_run(first.stdout)[-1] == "validate", first.stdout + first.stderr
+    tokenizer = json.loads((repo / "metrics/tokenizer.json").read_text())
+    train = json.loads((repo / "metrics/train.json").read_text())
+    history = json.loads((repo / "data/training_metrics.json").read_text())["epoch_history"]
+    samples = json.loads((repo / "metrics/samples.json").read_text())
+    validate = json.loads((repo / "metrics/validate.json").read_text())
+    assert sorted(tokenizer["held_out"]) == sorted(train["best_bits_per_byte_by_language"]) == ["en", "es", "fr"]
+    assert all(sorted(row["validation_bits_per_byte_by_language"]) == ["en", "es", "fr"] for row in history)
+    assert sorted(samples) == sorted(validate["quality"]) == ["en", "es", "fr"]
+    assert samples["en"]["prompt"] == TINY_PARAMS.get("validate.prompts.en", "It is a truth universally acknowledged")
+    opening = json.loads((repo / "data/languages.json").read_text())["fr"]["opening"]
+    assert samples["fr"]["prompt"] == opening  # no validate.prompts.fr: the held-out text's opening words
+    provenance = json.loads((repo / "dist/tinytransformer/provenance.json").read_text())
+    card = (repo / "dist/tinytransformer/README.md").read_text()
+    assert [b["language"] for b in provenance["books"]] == ["en", "es", "fr"]
+    assert "- fr" in card.split("---")[1] and "Not from Project Gutenberg: notes" in card
+    answer = tiny_repo.run("python", "-m", "src.cli.minimal_llm", "generate", "--prompt", "Le matin", "--max_tokens", "5",
+                           "--json")
+    assert json.loads(answer.stdout)["languages"] == ["en", "es", "fr"]
+
+    untouched = tiny_repo.dvc("repro", "bundle")
+    assert stages_run(untouched.stdout) == ["local_books"]
+    with (repo / "books/notes_fr.txt").open("a") as f:
+        f.write("\nUn dernier paragraphe, ajouté plus tard, change le livre.\n")
+    edited = tiny_repo.dvc("repro", "bundle")
+    assert stages_run(edited.stdout) == ["local_books", "download", "tokenize", "train", "bundle"], edited.stdout
+
+
+@pytest.mark.slow
+def test_train_pipeline_corpus_url_runs_an_experiment_on_the_given_books(tiny_repo, book_server, tmp_path):
+    notes = tmp_path / "elsewhere/notes_fr.txt"
+    notes.parent.mkdir()
+    shutil.copy(FRENCH, notes)
+    done = tiny_repo.run("./scripts/train_pipeline.sh", "--corpus-url", f"{book_server.url}/pg11.txt",
+                         "--corpus-url", str(notes), "--corpus-language", "fr", check=False,
+                         env={"TT_CORPUS_MIRROR": ""})
+    assert done.returncode in (0, 5), done.stdout + done.stderr  # 5: validate judged the 2-epoch model's samples
+    assert f"sha256 {PG11_SHA}, language en (from its Gutenberg header)" in done.stderr
+    assert "==> dvc exp run -S corpus.sources=" in done.stdout
+    sources = parse_yaml((tiny_repo.path / "params.yaml").read_text(), "params.yaml")["corpus"]["sources"]
+    assert [(s["name"], s["url"], s["language"], len(s["sha256"])) for s in sources] == [
+        ("pg11", f"{book_server.url}/pg11.txt", "en", 64), ("notes_fr", str(notes), "fr", 64)]
+    shown = tiny_repo.dvc("exp", "show", "--json").stdout
+    assert "notes_fr" in shown
