@@ -1,22 +1,8 @@
-"""Languages of the corpus: ISO 639-1 codes, and a character n-gram profile of each language's text.
-
-A profile is the relative frequency of the most common character 1- to 3-grams of a text (lowercased,
-letters only, words padded with a space). A sample is judged to be in the language whose profile is
-nearest to its own by cosine similarity: the pipeline builds the profiles from each language's held-out
-text, so any language the corpus holds can be recognised, with no word lists.
-"""
+"""Language codes: ISO 639-1, and the code of a language as a Project Gutenberg header names it."""
 
 from __future__ import annotations
 
-import math
 import re
-from collections import Counter
-
-PROFILE_SIZE = 400  # n-grams kept per language
-NGRAM_ORDERS = (1, 2, 3)
-_NOT_LETTERS = re.compile(r"[\W\d_]+", re.UNICODE)
-
-Profile = dict[str, float]
 
 
 def is_language_code(code: object) -> bool:
@@ -43,40 +29,3 @@ def language_code(name: str) -> str | None:
                    and re.search(rf"\b{re.escape(name)}\b", lang.name, re.IGNORECASE)]
         found = holding[0] if len(holding) == 1 else None
     return getattr(found, "alpha_2", None)
-
-
-def opening_words(text: str, count: int = 6) -> str:
-    """The first ``count`` words of ``text``, on one line: a prompt in the text's language."""
-    return " ".join(text.split()[:count])
-
-
-def ngram_counts(text: str) -> Counter[str]:
-    words = _NOT_LETTERS.sub(" ", text.lower()).split()
-    counts: Counter[str] = Counter()
-    for word in words:
-        padded = f" {word} "
-        for n in NGRAM_ORDERS:
-            counts.update(padded[i:i + n] for i in range(len(padded) - n + 1) if padded[i:i + n] != " ")
-    return counts
-
-
-def build_profile(text: str, size: int = PROFILE_SIZE) -> Profile:
-    """The ``size`` most frequent n-grams of ``text`` and their share of all its n-grams (ties by n-gram)."""
-    counts = ngram_counts(text)
-    total = sum(counts.values())
-    top = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:size]
-    return {gram: round(count / total, 6) for gram, count in top}
-
-
-def similarity(text: str, profile: Profile) -> float:
-    """Cosine similarity of ``text``'s n-gram frequencies and ``profile`` (0 when the text has no letters)."""
-    counts = ngram_counts(text)
-    norm = math.sqrt(sum(c * c for c in counts.values())) * math.sqrt(sum(v * v for v in profile.values()))
-    return sum(counts[gram] * share for gram, share in profile.items()) / norm if norm else 0.0
-
-
-def nearest_language(text: str, profiles: dict[str, Profile]) -> tuple[str | None, dict[str, float]]:
-    """(the language whose profile is nearest ``text``, or None for text without letters; every similarity)."""
-    scores = {language: round(similarity(text, profile), 4) for language, profile in profiles.items()}
-    best = max(scores, key=lambda language: (scores[language], language), default=None)
-    return (best if best is not None and scores[best] > 0 else None), scores

@@ -20,7 +20,8 @@ from src.config import BookSource, CorpusConfig, SplitConfig, load_config
 from src.data.corpus import BookSpan, assemble, part_text, split_books, write_index
 from src.data.fetch import MIRROR_ENV, DownloadError, FetchPolicy, fetch_verified, resolve_location, sha256_of
 from src.data.gutenberg import Book, NotTextError, read_book
-from src.data.languages import build_profile, language_code, opening_words
+from src.data.language_profile import build_profile, opening_words
+from src.data.languages import language_code
 from src.pipeline.stage import ExitCode, StageError, require_free_disk, run_stage, stage_arguments
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from pathlib import Path
 from src import paths
 from src.atomic import write_json
 from src.config import ValidateConfig, load_config
-from src.data.languages import Profile, nearest_language
+from src.data.language_profile import Profile, nearest_language
 from src.pipeline.stage import ExitCode, StageError, missing_input, run_stage, stage_arguments
 
 log = logging.getLogger(__name__)
