@@ -41,5 +41,5 @@ loss-curve: setup
 	@test -f metrics/train_history.json || { \
 	    echo "metrics/train_history.json is missing: run 'make repro' first (the train stage writes it)" >&2; exit 1; }
 	rm -rf build/loss_curve
-	dvc plots show loss --out build/loss_curve
+	dvc plots show loss_by_step --out build/loss_curve
 	python scripts/build_plots_template.py screenshot build/loss_curve/index.html docs/loss_curve.png --crop --scale 2

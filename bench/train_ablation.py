@@ -33,7 +33,8 @@ from src.config import load_config
 from src.model.transformer import ModelShape, TinyTransformer
 from src.training import trainer
 from src.training.allocator import keep_freed_memory
-from src.training.trainer import make_optimizer, precision_context, training_attention
+from src.training.optimizers import make_optimizer
+from src.training.trainer import precision_context, training_attention
 
 
 @dataclasses.dataclass(frozen=True)

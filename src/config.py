@@ -254,13 +254,23 @@ class TrainConfig:
     max_seq_length: int = context_length_field()
     seed: int = seed_field()
     weight_decay: float = number("train.weight_decay", float, 0, 1)
+    # adamw: AdamW for every weight | muon: torch.optim.Muon for the hidden weight matrices, AdamW for the
+    # embedding (tied to the head), norm gains and biases.
+    optimizer: str = choice("train.optimizer", "adamw", "muon")
+    # Linear warmup, then cosine: decay from the peak to learning_rate * min_lr_ratio over the rest of the run;
+    # wsd (warmup-stable-decay): hold the peak, then decay linearly over the last decay_fraction of the steps.
+    schedule: str = choice("train.schedule", "cosine", "wsd")
     warmup_steps: int = number("train.warmup_steps", int, 0, 1_000_000)
     min_lr_ratio: float = number("train.min_lr_ratio", float, 0, 1)
+    decay_fraction: float = number("train.decay_fraction", float, 0, 1, lo_open=True)
     grad_clip: float = number("train.grad_clip", float, 0, 1000, lo_open=True)
     eval_batch_size: int = number("train.eval_batch_size", int, 1, 4096)
+    # Evaluate every this many optimizer steps as well as at each epoch's end (0: at epoch ends only).
+    eval_every_steps: int = number("train.eval_every_steps", int, 0, 1_000_000)
     checkpoint_every: int = number("train.checkpoint_every", int, 1, 10_000)
-    # bf16 autocast runs the matrix products in bfloat16 (weights and optimizer stay fp32).
-    precision: str = choice("train.precision", "bf16", "fp32")
+    # bf16 autocast runs the matrix products in bfloat16 (weights and optimizer stay fp32); auto: the faster of
+    # the two on this machine, measured once and cached (src/training/precision.py).
+    precision: str = choice("train.precision", "auto", "bf16", "fp32")
     # torch.compile the training step's forward and loss: slower to start, faster per step.
     compile: bool = flag("train.compile")
     # Where training runs ("auto": CUDA when PyTorch sees it, else the CPU) and in how many processes

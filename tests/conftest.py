@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -30,6 +31,8 @@ BOOKS = ("pg1342.txt", "pg11.txt", "pg2000.txt")
 
 # DVC must never reach the network from tests.
 os.environ["DVC_NO_ANALYTICS"] = "1"
+# train.precision: auto caches its measurement; tests keep theirs apart from the user's (~/.cache/tinytransformer).
+os.environ.setdefault("TT_CACHE_DIR", tempfile.mkdtemp(prefix="tinytransformer-cache-"))
 
 
 def _shared_corpus_dir() -> Path:
@@ -308,7 +311,8 @@ def tiny_repo(project_repo, shared_corpus):
 VOCAB = 64
 MODEL = ModelConfig(n_layers=1, n_heads=2, d_model=16, d_ff=32, dropout=0.1, context_length=16)
 TRAIN = TrainConfig(epochs=3, batch_size=16, learning_rate=0.01, max_seq_length=16, seed=3, weight_decay=0.1,
-                    warmup_steps=5, min_lr_ratio=0.1, grad_clip=1.0, eval_batch_size=32, checkpoint_every=1,
+                    optimizer="adamw", schedule="cosine", warmup_steps=5, min_lr_ratio=0.1, decay_fraction=0.2,
+                    grad_clip=1.0, eval_batch_size=32, eval_every_steps=0, checkpoint_every=1,
                     precision="fp32", compile=False, device="cpu", nproc=1, plateau_loss=7.0)
 
 

@@ -38,3 +38,24 @@ def test_train_ablation_times_every_variant(tiny_pipeline):
     rows = json.loads(done.stdout)["variants"]
     assert len(rows) == 9 and rows[7]["variant"].endswith("(the project's step)")
     assert all(row["ms_per_step"] > 0 for row in rows)
+
+
+def test_time_to_loss_reports_steps_and_seconds_to_the_target_for_both_recipes(tiny_pipeline):
+    done = run_module("bench.time_to_loss", tiny_pipeline, "--target", "50", "--eval-every", "2", "--max-steps", "4",
+                      "--recipe", "optimizer=muon,schedule=wsd", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["precision"] in ("bf16", "fp32") and result["cpu"]
+    for recipe in ("baseline", "recipe"):
+        reached = result["recipes"][recipe]
+        assert reached["reached"] and reached["steps"] == 2 and reached["seconds"] > 0, reached
+    unreachable = run_module("bench.time_to_loss", tiny_pipeline, "--target", "0.1", "--eval-every", "2",
+                             "--max-steps", "4", "--json")
+    assert unreachable.returncode == 0, unreachable.stderr
+    for recipe in json.loads(unreachable.stdout)["recipes"].values():
+        assert not recipe["reached"] and [row["step"] for row in recipe["history"]] == [2, 4]
+
+
+def test_time_to_loss_refuses_a_recipe_key_that_is_not_a_training_param(tiny_pipeline):
+    done = run_module("bench.time_to_loss", tiny_pipeline, "--recipe", "model.d_model=64", "--json")
+    assert done.returncode != 0 and "'model.d_model' is not a train.* key" in done.stderr

@@ -151,7 +151,7 @@ def test_three_languages_through_dvc_repro_and_an_edited_local_book_reruns_from_
     assert stages_run(first.stdout)[-1] == "validate", first.stdout + first.stderr
     tokenizer = json.loads((repo / "metrics/tokenizer.json").read_text())
     train = json.loads((repo / "metrics/train.json").read_text())
-    history = json.loads((repo / "data/training_metrics.json").read_text())["epoch_history"]
+    history = json.loads((repo / "data/training_metrics.json").read_text())["history"]
     samples = json.loads((repo / "metrics/samples.json").read_text())
     validate = json.loads((repo / "metrics/validate.json").read_text())
     assert sorted(tokenizer["held_out"]) == sorted(train["best_bits_per_byte_by_language"]) == ["en", "es", "fr"]

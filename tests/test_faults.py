@@ -55,8 +55,8 @@ def computed(path: Path):
     if isinstance(value, list):
         return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in value]
     value = {k: v for k, v in value.items() if k not in TIMING_KEYS}
-    if "epoch_history" in value:  # training_metrics.json
-        value = {"epoch_history": computed_rows(value["epoch_history"]),
+    if "history" in value:  # training_metrics.json
+        value = {"epoch_history": computed_rows(value["history"]),
                  "final_metrics": {k: v for k, v in value["final_metrics"].items() if k not in TIMING_KEYS}}
     return value
 

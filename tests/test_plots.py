@@ -41,7 +41,7 @@ tool = _load_tool()
 
 # dvc.yaml's top-level plots; DVC also draws the train stage's plots output (metrics/train_history.json) on
 # its own, so a page has at least these and every chart on it must be drawn.
-PLOTS = ("loss", "learning_rate")
+PLOTS = ("loss_by_step", "loss_by_time", "learning_rate")
 # DVC gives each revision a colour of its palette (and each field of a plot a dash pattern): `plots show` draws
 # in the first colour, `plots diff` of two commits in the first two.
 
@@ -85,7 +85,7 @@ def training_history(epochs: int, learning_rate: float, final_loss: float) -> li
         train_loss = final_loss + 5.0 * math.exp(-0.4 * epoch)
         decay = 0.5 * (1 + math.cos(math.pi * epoch / epochs))
         history.append({
-            "epoch": epoch,
+            "step": 181 * epoch, "epoch": epoch, "tokens": 181 * 4096 * epoch, "seconds": 33.5 * epoch,
             "train_loss": round(train_loss, 4),
             "validation_loss": round(train_loss + 0.15 + 0.01 * epoch, 4),
             "learning_rate": learning_rate * (0.1 + 0.9 * decay),

@@ -16,15 +16,18 @@ def test_train_writes_the_models_and_metrics(tiny_pipeline):
     assert train["best_validation_loss"] <= train["final_validation_loss"] < 7
     for key in ("final_train_loss", "best_validation_bits_per_byte"):
         assert train[key] > 0, key
-    assert set(train["environment"]) == {"device", "threads", "workers", "torch", "precision", "compile"}
+    assert set(train["environment"]) == {"device", "threads", "workers", "torch", "precision", "compile",
+                                         "precision_choice"}
     speed = json.loads((tiny_pipeline / paths.TRAIN_SPEED).read_text())
     assert speed["total_training_time"] > 0 and speed["tokens_per_sec"] > 0
     seed_shape = json.loads((tiny_pipeline / paths.TRAINING_METRICS).read_text())
-    assert len(seed_shape["epoch_history"]) == TINY_PARAMS["epochs"]
-    assert {"train_loss", "validation_loss"} <= set(seed_shape["epoch_history"][0])
+    assert len(seed_shape["history"]) == TINY_PARAMS["epochs"]
+    assert {"train_loss", "validation_loss"} <= set(seed_shape["history"][0])
     assert "total_training_time" in seed_shape["final_metrics"]
     plot = json.loads((tiny_pipeline / paths.TRAIN_PLOT).read_text())
-    assert [row["epoch"] for row in plot] == [1, 2] and {"train_loss", "validation_loss", "learning_rate"} <= set(plot[0])
+    assert [row["epoch"] for row in plot] == [1, 2] and set(plot[0]) == {
+        "step", "epoch", "tokens", "seconds", "train_loss", "validation_loss", "learning_rate"}
+    assert plot[1]["step"] == 2 * plot[0]["step"] and plot[1]["seconds"] > plot[0]["seconds"] > 0
     best = torch.load(tiny_pipeline / paths.BEST_MODEL, weights_only=True)
     assert best["training_state"]["best_validation_loss"] == pytest.approx(train["best_validation_loss"], abs=1e-6)
     assert (tiny_pipeline / paths.FINAL_MODEL).is_file()

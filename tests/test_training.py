@@ -12,8 +12,9 @@ from torch.profiler import profile
 from src.data.dataset import BookTokens, SplitStats, TokenDataError, TokenSplit, write_token_dataset
 from src.model.checkpoint import load_checkpoint, save_checkpoint
 from src.model.transformer import ModelShape, TinyTransformer
-from src.training.schedule import warmup_cosine
-from src.training.trainer import TrainingDiverged, evaluate, make_optimizer, make_train_step, precision_context
+from src.training.optimizers import make_optimizer
+from src.training.schedule import make_scheduler
+from src.training.trainer import TrainingDiverged, evaluate, make_train_step, precision_context
 from tests.conftest import MODEL, TRAIN, VOCAB, run
 
 
@@ -36,15 +37,21 @@ def test_a_run_is_reproducible(synthetic_tokens, tmp_path):
     assert [h["validation_loss"] for h in first] == [h["validation_loss"] for h in second]
 
 
-def test_resuming_from_any_checkpoint_ends_where_an_uninterrupted_run_ends(synthetic_tokens, tmp_path):
-    uninterrupted = run(synthetic_tokens, tmp_path / "full")
+RECIPES = {"adamw, cosine": TRAIN, "muon, wsd, every 100 steps": dataclasses.replace(
+    TRAIN, optimizer="muon", schedule="wsd", eval_every_steps=100)}
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_resuming_from_any_checkpoint_ends_where_an_uninterrupted_run_ends(synthetic_tokens, tmp_path, recipe):
+    cfg = RECIPES[recipe]
+    uninterrupted = run(synthetic_tokens, tmp_path / "full", cfg)
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
     (resumed_dir / "epoch_0001.pt").write_bytes((tmp_path / "full" / "epoch_0001.pt").read_bytes())
-    resumed = run(synthetic_tokens, resumed_dir)
+    resumed = run(synthetic_tokens, resumed_dir, cfg)
     assert resumed.resumed_from_epoch == 1
     assert resumed.state == uninterrupted.state  # every computed figure; timings are kept apart
-    assert len(resumed.timings) == len(uninterrupted.timings) == TRAIN.epochs
+    assert len(resumed.timings) == len(uninterrupted.timings) == len(uninterrupted.state.history)
     a, b = load_checkpoint(uninterrupted.last_checkpoint), load_checkpoint(resumed.last_checkpoint)
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
@@ -151,8 +158,38 @@ def test_the_training_step_chooses_the_math_attention_kernel_and_the_model_keeps
     torch.manual_seed(0)
     model = TinyTransformer(ModelShape.from_config(dataclasses.replace(MODEL, dropout=0.0), VOCAB)).train()
     optimizer = make_optimizer(model, TRAIN)
-    step = make_train_step(model, optimizer, warmup_cosine(optimizer, 5, 100, 0.1), TRAIN)
+    step = make_train_step(model, optimizer, make_scheduler(optimizer, TRAIN, 100), TRAIN)
     inputs = torch.randint(0, VOCAB, (4, 16))
     assert attention_kernels(lambda: step(inputs, inputs)) == {"aten::_scaled_dot_product_attention_math"}
     flash = "aten::_scaled_dot_product_flash_attention_for_cpu"
     assert attention_kernels(lambda: model.loss(inputs, inputs).backward()) == {flash, flash + "_backward"}
+
+
+def test_evaluation_every_n_steps_adds_rows_and_hands_the_history_over_each_time(synthetic_tokens, tmp_path):
+    steps_per_epoch = (6000 - 1) // 16 // TRAIN.batch_size  # 23
+    handed = []
+    result = run(synthetic_tokens, tmp_path / "ckpt", dataclasses.replace(TRAIN, eval_every_steps=10),
+                 on_evaluation=handed.append)
+    history = result.state.history
+    expected_steps = sorted({*range(10, 3 * steps_per_epoch + 1, 10), *(e * steps_per_epoch for e in (1, 2, 3))})
+    assert [row["step"] for row in history] == expected_steps
+    assert [row["epoch"] for row in history if row["step"] % steps_per_epoch == 0] == [1, 2, 3]
+    assert all(row["tokens"] == row["step"] * TRAIN.batch_size * 16 for row in history)
+    assert len(handed) == len(history) and [len(h) for h in handed] == list(range(1, len(history) + 1))
+    seconds = [row["seconds"] for row in handed[-1]]
+    assert all(0 < a < b for a, b in zip(seconds, seconds[1:]))
+    assert result.state.best_epoch in (1, 2, 3)
+
+
+def test_muon_trains_the_hidden_matrices_and_adamw_the_rest(synthetic_tokens, tmp_path):
+    model = TinyTransformer(ModelShape.from_config(MODEL, VOCAB))
+    optimizer = make_optimizer(model, dataclasses.replace(TRAIN, optimizer="muon"))
+    muon, adamw = optimizer.parts["muon"], optimizer.parts["adamw"]
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert sorted(names[id(p)] for g in muon.param_groups for p in g["params"]) == sorted(
+        name for name, p in model.named_parameters() if name.startswith("blocks.") and p.dim() == 2)
+    assert "embed.weight" in {names[id(p)] for g in adamw.param_groups for p in g["params"]}
+    assert optimizer.param_groups == [*muon.param_groups, *adamw.param_groups]  # one scheduler drives both
+    result = run(synthetic_tokens, tmp_path / "ckpt", dataclasses.replace(TRAIN, optimizer="muon"))
+    history = result.state.history
+    assert history[-1]["validation_loss"] < history[0]["validation_loss"] < np.log(VOCAB)

@@ -26,7 +26,7 @@ from src.model.checkpoint import CheckpointError, export_model
 from src.pipeline.stage import ExitCode, PrerequisiteError, missing_input, run_stage, stage_arguments
 from src.training.allocator import keep_freed_memory
 from src.training.distributed import Workers, join, leave, single_process
-from src.training.trainer import TrainingDiverged, TrainingResult, train
+from src.training.trainer import TrainingDiverged, TrainingResult, history_with_seconds, train
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ def run_train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, fresh: bool = F
     try:
         vocab_size = load_tokenizer(tokenizer_file).get_piece_size()
         result = train(model_cfg, train_cfg, vocab_size=vocab_size, tokens_dir=tokens_dir,
-                       tokenizer_file=tokenizer_file, checkpoint_dir=checkpoint_dir, fresh=fresh, workers=workers)
+                       tokenizer_file=tokenizer_file, checkpoint_dir=checkpoint_dir, fresh=fresh, workers=workers,
+                       on_evaluation=write_plot)
     except (TokenDataError, TokenizerError) as exc:
         raise PrerequisiteError(str(exc)) from None
     if workers.is_main:
@@ -66,6 +67,7 @@ def write_outputs(result: TrainingResult) -> None:
     best = next(h for h in history if h["epoch"] == state.best_epoch)
     results = {
         "epochs": state.epoch,
+        "steps": state.step,
         "final_train_loss": last["train_loss"],
         "final_validation_loss": last["validation_loss"],
         "best_validation_loss": state.best_validation_loss,
@@ -76,15 +78,25 @@ def write_outputs(result: TrainingResult) -> None:
         "parameters": result.parameters,
     }
     speed = {"total_training_time": total_seconds, "tokens_per_sec": tokens_per_sec}
-    write_json(paths.TRAINING_METRICS, {"epoch_history": [{**h, **t} for h, t in zip(history, result.timings)],
+    rows = history_with_seconds(history, result.timings)
+    write_json(paths.TRAINING_METRICS, {"history": [{**row, "tokens_per_sec": t["tokens_per_sec"]}
+                                                    for row, t in zip(rows, result.timings)],
                                         "final_metrics": {**results, **speed}, "environment": result.environment})
     write_json(paths.TRAIN_METRICS, {**rounded(results), "environment": result.environment})
     write_json(paths.TRAIN_SPEED, rounded(speed))
-    write_json(paths.TRAIN_PLOT, [{k: h[k] for k in ("epoch", "train_loss", "validation_loss", "learning_rate")}
-                                  for h in history])
+    write_plot(rows)
     log.info("done: %d epochs, best validation loss %.4f (epoch %d), final %.4f, %.0f s, %.0f tokens/s",
              state.epoch, state.best_validation_loss, state.best_epoch, last["validation_loss"],
              total_seconds, tokens_per_sec)
+
+
+def write_plot(rows: list[dict]) -> None:
+    """metrics/train_history.json, the data of `dvc plots`: rewritten whole (atomically) after every evaluation,
+    so the plots show a run while it trains."""
+    write_json(paths.TRAIN_PLOT, [{key: row[key] for key in PLOT_KEYS} for row in rows])
+
+
+PLOT_KEYS = ("step", "epoch", "tokens", "seconds", "train_loss", "validation_loss", "learning_rate")
 
 
 def rounded(values: dict) -> dict:

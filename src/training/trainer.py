@@ -17,7 +17,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -32,7 +32,9 @@ from src.data.dataset import TokenDataError, TokenSplit
 from src.model.transformer import ModelShape, TinyTransformer
 from src.training.checkpointing import BEST, LAST, RunCheckpoints, fingerprint
 from src.training.distributed import Workers, single_process
-from src.training.schedule import warmup_cosine
+from src.training.optimizers import make_optimizer
+from src.training.precision import resolve_precision
+from src.training.schedule import make_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,8 @@ class TrainingState:
     """What training computed so far: the same in every run of a recipe on one machine (timings are apart)."""
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  # a row per evaluation (``evaluation_row``)
+    best_epoch: int = 0  # the best epoch-end evaluation: the model best.pt holds
     best_validation_loss: float = math.inf
 
 
@@ -59,7 +61,7 @@ class TrainingResult:
     parameters: int
     resumed_from_epoch: int
     environment: dict[str, object]  # what the numbers depend on beyond the recipe (Workers.environment)
-    timings: list[dict[str, float]]  # each epoch's seconds and tokens/s
+    timings: list[dict[str, float]]  # per history row: the training seconds (evaluation excluded) and tokens/s since the row before
 
 
 @contextlib.contextmanager
@@ -133,14 +135,6 @@ class NextTokenLoss(nn.Module):
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.model.loss(inputs, targets)
-
-
-def make_optimizer(model: TinyTransformer, cfg: TrainConfig, fused: bool = True) -> torch.optim.AdamW:
-    """AdamW with weight decay on weight matrices only (not on biases or LayerNorm gains)."""
-    params = list(model.parameters())
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.95), fused=fused or None)
 
 
 def make_train_step(model: TinyTransformer, optimizer: torch.optim.Optimizer,
@@ -220,9 +214,13 @@ def evaluate(model: TinyTransformer, split: TokenSplit, length: int, batch_size:
 
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, tokens_dir: Path,
-          tokenizer_file: Path, checkpoint_dir: Path, fresh: bool = False,
-          workers: Workers = single_process()) -> TrainingResult:
-    """Train (or resume) until ``train_cfg.epochs`` epochs are complete; return where things are."""
+          tokenizer_file: Path, checkpoint_dir: Path, fresh: bool = False, workers: Workers = single_process(),
+          on_evaluation: Callable[[list[dict[str, Any]]], None] | None = None) -> TrainingResult:
+    """Train (or resume) until ``train_cfg.epochs`` epochs are complete; return where things are.
+
+    ``on_evaluation`` gets the history (with each row's cumulative training seconds) after every evaluation,
+    on the main worker.
+    """
     train_split, validation_split = TokenSplit(tokens_dir, "train"), TokenSplit(tokens_dir, "validation")
     length = train_cfg.max_seq_length
     steps_per_epoch = train_split.batches_per_epoch(length, train_cfg.batch_size)
@@ -235,10 +233,17 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
         raise ValueError(f"batch_size={train_cfg.batch_size} must split evenly over {workers.world_size} workers")
     total_steps = steps_per_epoch * train_cfg.epochs
 
+    shape = ModelShape.from_config(model_cfg, vocab_size)
+    # The main worker decides (measuring once per machine for auto) and every worker follows.
+    precision, precision_reason = resolve_precision(train_cfg.precision, workers.device, shape,
+                                                    train_cfg.batch_size * length) if workers.is_main else ("", "")
+    bf16 = workers.sum([1.0 if precision == "bf16" else 0.0])[0] > 0
+    train_cfg = replace(train_cfg, precision="bf16" if bf16 else "fp32")  # the fingerprint keys on what runs
+
     torch.manual_seed(train_cfg.seed)
-    model = TinyTransformer(ModelShape.from_config(model_cfg, vocab_size)).to(workers.device)
+    model = TinyTransformer(shape).to(workers.device)
     optimizer = make_optimizer(model, train_cfg)
-    scheduler = warmup_cosine(optimizer, train_cfg.warmup_steps, total_steps, train_cfg.min_lr_ratio)
+    scheduler = make_scheduler(optimizer, train_cfg, total_steps)
     stamp = fingerprint(model_cfg, train_cfg, tokens_dir, tokenizer_file)
     state, timings = TrainingState(), []
 
@@ -265,13 +270,16 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
                 "training_state": asdict(state), "shape": asdict(model.shape), "fingerprint": stamp,
                 "config": {"model": asdict(model_cfg), "train": asdict(train_cfg)}}
 
+    def evaluated() -> None:
+        if on_evaluation is not None and workers.is_main:
+            on_evaluation(history_with_seconds(state.history, timings))
+
     model.train()
     with deterministic_algorithms():
         step = make_train_step(model, optimizer, scheduler, train_cfg, workers)
         while state.epoch < train_cfg.epochs:
-            improved, timing = run_epoch(state, step, train_split, validation_split, model, scheduler, train_cfg,
-                                         workers)
-            timings.append(timing)
+            improved = run_epoch(state, timings, step, train_split, validation_split, model, scheduler, train_cfg,
+                                 workers, evaluated)
             if workers.is_main:
                 checkpoints.after_epoch(state.epoch, improved, snapshot)
 
@@ -280,21 +288,35 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
         checkpoints.finish(state.epoch, state.best_epoch, snapshot)
     workers.barrier()
     environment = {**workers.environment(), "precision": train_cfg.precision, "compile": train_cfg.compile}
+    if workers.is_main:
+        environment["precision_choice"] = precision_reason
     return TrainingResult(state, checkpoints.path(LAST), checkpoints.path(BEST), model.num_parameters(), resumed_from,
                           environment, timings)
 
 
-def run_epoch(state: TrainingState, step: Callable[[torch.Tensor, torch.Tensor], float], train_split: TokenSplit,
-              validation_split: TokenSplit, model: TinyTransformer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-              cfg: TrainConfig, workers: Workers) -> tuple[bool, dict[str, float]]:
-    """Train one epoch, evaluate, and record it in ``state``; (did the validation loss improve, the epoch's timing)."""
+def history_with_seconds(history: list[dict[str, Any]], timings: list[dict[str, float]]) -> list[dict[str, Any]]:
+    """Each history row with the training seconds (evaluation excluded) from the start to it."""
+    rows, seconds = [], 0.0
+    for row, timing in zip(history, timings):
+        seconds += timing["seconds"]
+        rows.append({**row, "seconds": seconds})
+    return rows
+
+
+def run_epoch(state: TrainingState, timings: list[dict[str, float]], step: Callable[[torch.Tensor, torch.Tensor], float],
+              train_split: TokenSplit, validation_split: TokenSplit, model: TinyTransformer,
+              scheduler: torch.optim.lr_scheduler.LRScheduler, cfg: TrainConfig, workers: Workers,
+              evaluated: Callable[[], None]) -> bool:
+    """Train one epoch, evaluating every ``cfg.eval_every_steps`` steps and at its end; each evaluation is a
+    row of ``state.history`` and of ``timings``. Returns whether the epoch-end validation loss improved."""
     epoch, length = state.epoch + 1, cfg.max_seq_length
     steps_per_epoch = train_split.batches_per_epoch(length, cfg.batch_size)
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-    started = time.perf_counter()
-    loss_sum, tokens_seen = 0.0, 0
+    loss_sum, tokens_seen, seconds = 0.0, 0, 0.0  # since the last evaluation
+    epoch_seconds, epoch_tokens = 0.0, 0
     bar = tqdm(train_split.epoch_batches(length, cfg.batch_size, generator), total=steps_per_epoch,
                desc=f"epoch {epoch}/{cfg.epochs}", unit="step", disable=None if workers.is_main else True, leave=False)
+    started = time.perf_counter()
     for batch, (inputs, targets) in enumerate(bar, start=1):
         loss_value = step(inputs, targets)
         if not math.isfinite(loss_value):
@@ -308,27 +330,41 @@ def run_epoch(state: TrainingState, step: Callable[[torch.Tensor, torch.Tensor],
         tokens_seen += targets.numel()
         if batch % 10 == 0:
             bar.set_postfix(loss=f"{loss_value:.3f}")
+        at_end = batch == steps_per_epoch
+        if at_end or (cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0):
+            seconds += time.perf_counter() - started
+            state.epoch = epoch if at_end else state.epoch
+            row = evaluation_row(state, epoch - 1 + batch / steps_per_epoch, loss_sum / tokens_seen,
+                                 evaluate(model, validation_split, length, cfg.eval_batch_size, cfg.precision, workers),
+                                 scheduler, cfg)
+            state.history.append(row)
+            timings.append({"seconds": seconds, "tokens_per_sec": tokens_seen / seconds})
+            evaluated()
+            epoch_seconds, epoch_tokens = epoch_seconds + seconds, epoch_tokens + tokens_seen
+            loss_sum, tokens_seen, seconds = 0.0, 0, 0.0
+            started = time.perf_counter()
     bar.close()
-    train_seconds = time.perf_counter() - started
-    evaluation = evaluate(model, validation_split, length, cfg.eval_batch_size, cfg.precision, workers)
-    validation_loss, bits_per_byte = evaluation.loss, evaluation.bits_per_byte
-    state.epoch = epoch
-    state.history.append({
-        "epoch": epoch, "train_loss": loss_sum / tokens_seen, "validation_loss": validation_loss,
-        "validation_bits_per_byte": bits_per_byte,
-        "validation_bits_per_byte_by_language": evaluation.bits_per_byte_by_language,
-        "learning_rate": scheduler.get_last_lr()[0],
-    })
-    timing = {"seconds": time.perf_counter() - started, "tokens_per_sec": tokens_seen / train_seconds}
-    log.info("epoch %d/%d: train loss %.4f, validation loss %.4f (%.3f bits/byte), %.0f tokens/s, %.1fs",
-             epoch, cfg.epochs, loss_sum / tokens_seen, validation_loss, bits_per_byte, timing["tokens_per_sec"],
-             timing["seconds"])
+    last = state.history[-1]
+    validation_loss = last["validation_loss"]
+    log.info("epoch %d/%d: train loss %.4f, validation loss %.4f (%.3f bits/byte), %.0f tokens/s, %.1fs of training",
+             epoch, cfg.epochs, last["train_loss"], validation_loss, last["validation_bits_per_byte"],
+             epoch_tokens / epoch_seconds, epoch_seconds)
     if epoch >= 2 and validation_loss > cfg.plateau_loss:
         log.warning("validation loss %.2f is still above %.1f after %d epochs: the model is barely learning. "
                     "Try a different learning_rate (now %g), more epochs, or check the corpus and tokenizer "
                     "metrics (README: Troubleshooting).", validation_loss, cfg.plateau_loss, epoch,
                     cfg.learning_rate)
     if validation_loss >= state.best_validation_loss:
-        return False, timing
+        return False
     state.best_epoch, state.best_validation_loss = epoch, validation_loss
-    return True, timing
+    return True
+
+
+def evaluation_row(state: TrainingState, epochs: float, train_loss: float, evaluation: Evaluation,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler, cfg: TrainConfig) -> dict[str, Any]:
+    """A history row: where training is (step, epochs, tokens seen) and what it scores there."""
+    return {"step": state.step, "epoch": round(epochs, 6), "tokens": state.step * cfg.batch_size * cfg.max_seq_length,
+            "train_loss": train_loss, "validation_loss": evaluation.loss,
+            "validation_bits_per_byte": evaluation.bits_per_byte,
+            "validation_bits_per_byte_by_language": evaluation.bits_per_byte_by_language,
+            "learning_rate": scheduler.get_last_lr()[0]}
