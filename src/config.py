@@ -277,6 +277,9 @@ class TrainConfig:
     # (more than 1: the stage launches itself through torchrun, DDP over gloo on CPU, nccl on CUDA).
     device: str = choice("train.device", "auto", "cpu", "cuda")
     nproc: int = number("train.nproc", int, 1, 256)
+    # Threads of a single-process CPU training; 0: the cores shared by the trainings running at once
+    # (src/training/threads.py), so that `dvc queue start -j N` does not oversubscribe the cores.
+    threads: int = number("train.threads", int, 0, 1024)
     # An epoch-2+ validation loss above this means training is not learning (see the README).
     plateau_loss: float = number("train.plateau_loss", float, 0, 100, lo_open=True)
 

@@ -24,7 +24,7 @@ def test_project_params_load_with_the_seed_defaults():
     cfg = load_config(REPO_ROOT / "params.yaml")
     assert cfg.tokenizer.vocab_size == 8000
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.learning_rate, cfg.train.max_seq_length) == (
-        8, 32, 0.001, 128)
+        8, 32, 0.006, 128)
     assert [s.file_name for s in cfg.corpus.sources] == ["pg1342.txt", "pg11.txt", "pg2000.txt"]
     assert [s.language for s in cfg.corpus.sources] == ["en", "en", "es"]
     assert cfg.split.holdout_fraction == 0.1
@@ -162,7 +162,7 @@ def write(tmp_path, text: str):
 
 def test_params_are_read_as_dvc_writes_them(tmp_path):
     """`dvc exp run -S learning_rate=0.00005` writes YAML 1.2's `5e-05`: a float, not the string YAML 1.1 reads."""
-    text = (REPO_ROOT / "params.yaml").read_text().replace("learning_rate: 0.001", "learning_rate: 5e-05")
+    text = (REPO_ROOT / "params.yaml").read_text().replace("learning_rate: 0.006", "learning_rate: 5e-05")
     assert load_config(write(tmp_path, text)).train.learning_rate == 5e-05
 
 

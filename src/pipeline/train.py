@@ -12,6 +12,7 @@ the same.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -26,6 +27,7 @@ from src.model.checkpoint import CheckpointError, export_model
 from src.pipeline.stage import ExitCode, PrerequisiteError, missing_input, run_stage, stage_arguments
 from src.training.allocator import keep_freed_memory
 from src.training.distributed import Workers, join, leave, single_process
+from src.training.threads import SharedCores
 from src.training.trainer import TrainingDiverged, TrainingResult, history_with_seconds, train
 
 log = logging.getLogger(__name__)
@@ -39,11 +41,20 @@ def run_train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, fresh: bool = F
     for needed in (tokenizer_file, tokens_dir / "train.bin", tokens_dir / "validation.bin", tokens_dir / "meta.json"):
         if not needed.is_file():
             raise missing_input(needed, "tokenize")
+    # A single CPU process shares the cores with the trainings running beside it (DDP workers get torchrun's).
+    cores = SharedCores(train_cfg.threads) if workers.world_size == 1 and workers.device.type == "cpu" else None
+
+    def evaluated(rows: list[dict]) -> None:
+        write_plot(rows)
+        if cores is not None:
+            cores.rebalance()
+
     try:
         vocab_size = load_tokenizer(tokenizer_file).get_piece_size()
-        result = train(model_cfg, train_cfg, vocab_size=vocab_size, tokens_dir=tokens_dir,
-                       tokenizer_file=tokenizer_file, checkpoint_dir=checkpoint_dir, fresh=fresh, workers=workers,
-                       on_evaluation=write_plot)
+        with cores or contextlib.nullcontext():
+            result = train(model_cfg, train_cfg, vocab_size=vocab_size, tokens_dir=tokens_dir,
+                           tokenizer_file=tokenizer_file, checkpoint_dir=checkpoint_dir, fresh=fresh,
+                           workers=workers, on_evaluation=evaluated)
     except (TokenDataError, TokenizerError) as exc:
         raise PrerequisiteError(str(exc)) from None
     if workers.is_main:

@@ -31,7 +31,7 @@ SRC = Path(__file__).resolve().parents[1]
 # The code whose change makes an old checkpoint a different recipe.
 TRAINING_CODE = (SRC / "model", SRC / "training", SRC / "data" / "dataset.py")
 # Train params that do not change the recipe: a run may resume under other values of these.
-BOOKKEEPING_PARAMS = ("checkpoint_every", "plateau_loss", "compile", "device", "nproc")
+BOOKKEEPING_PARAMS = ("checkpoint_every", "plateau_loss", "compile", "device", "nproc", "threads")
 LAST = "last.pt"
 BEST = "best.pt"
 

@@ -32,8 +32,13 @@ MIN_SPEEDUP = 1.15  # bf16 over fp32, on the step's products, for auto to choose
 ROUNDS = 5
 
 
+def cache_dir() -> Path:
+    """Where the project keeps what it learns about the machine (``TT_CACHE_DIR``, else ~/.cache/tinytransformer)."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tinytransformer")
+
+
 def cache_file() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tinytransformer") / "precision.json"
+    return cache_dir() / "precision.json"
 
 
 def machine_key(shape: ModelShape, tokens: int) -> str:
