@@ -2,7 +2,7 @@
 
     python -m bench.recipes [--target 4.84] [--budget-s 300] [--json | --page docs/TIME_TO_QUALITY.md]
 
-Reads `dvc exp show --json` and, for each experiment, its committed metrics/train_history.json (a row per
+Reads `dvc exp show --all-commits --json` and, for each experiment, its committed metrics/train_history.json (a row per
 evaluation: step, training seconds, validation loss) and metrics/train.json. "To target" is the first
 evaluation at or below ``--target``, so its precision is the run's train.eval_every_steps; seconds are
 training seconds (compilation included, evaluation excluded). ``--page`` writes the Markdown page, dated,
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--page", type=Path, help="write the Markdown page here")
     args = parser.parse_args(argv)
 
-    shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], capture_output=True, text=True)
+    shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--all-commits", "--json"], capture_output=True, text=True)
     if shown.returncode != 0:
         raise SystemExit(f"dvc exp show failed: {shown.stderr.strip()}")
     rows = [row for name, rev, params in experiments(json.loads(shown.stdout))

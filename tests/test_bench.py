@@ -1,6 +1,8 @@
 """The benchmarks run and report every figure (their numbers are measured by hand, never asserted on)."""
 
 import json
+import os
+import subprocess
 
 import pytest
 
@@ -59,3 +61,34 @@ def test_time_to_loss_reports_steps_and_seconds_to_the_target_for_both_recipes(t
 def test_time_to_loss_refuses_a_recipe_key_that_is_not_a_training_param(tiny_pipeline):
     done = run_module("bench.time_to_loss", tiny_pipeline, "--recipe", "model.d_model=64", "--json")
     assert done.returncode != 0 and "'model.d_model' is not a train.* key" in done.stderr
+
+
+def test_recipes_reads_each_experiments_history_for_steps_and_seconds_to_the_target(tmp_path):
+    from bench.recipes import experiments, markdown, summary
+
+    repo = tmp_path / "repo"
+    (repo / "metrics").mkdir(parents=True)
+    history = [{"step": 50, "seconds": 20.0, "validation_loss": 5.1}, {"step": 100, "seconds": 31.5, "validation_loss": 4.8},
+               {"step": 150, "seconds": 43.0, "validation_loss": 4.6}]
+    (repo / "metrics/train_history.json").write_text(json.dumps(history))
+    (repo / "metrics/train.json").write_text(json.dumps({"best_validation_loss": 4.6,
+                                                          "environment": {"precision": "bf16"}}))
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "exp"], check=True)
+    rev = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    params = {"learning_rate": 0.006, "epochs": 8, "train": {"optimizer": "muon", "schedule": "wsd",
+                                                             "warmup_steps": 30, "eval_every_steps": 50}}
+    shown = [{"experiments": [{"revs": [{"name": "fast", "rev": rev,
+                                         "data": {"params": {"params.yaml": {"data": params}}}}]}]}]
+    assert [(name, r) for name, r, _ in experiments(shown)] == [("fast", rev)]
+    cwd = os.getcwd()
+    os.chdir(repo)
+    try:
+        row = summary("fast", rev, params, target=4.84, budget_s=40)
+    finally:
+        os.chdir(cwd)
+    assert (row["steps_to_target"], row["seconds_to_target"], row["best_loss_in_budget"]) == (100, 31.5, 4.8)
+    assert row["train.optimizer"] == "muon" and row["training_seconds"] == 43.0
+    assert "| fast | muon | wsd | 0.006 | 30 | 50 | 100 | 31.5 | 4.8 | 4.6 | 43.0 | bf16 |" in markdown([row], 4.84, 40)
