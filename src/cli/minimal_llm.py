@@ -18,6 +18,7 @@ import math
 import os
 import re
 import resource
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -56,6 +57,28 @@ class Loaded:
     budgets: dict[str, float] | None  # for --safety-mode strict
     eos_id: int
     languages: list[str] | None  # the languages it was trained on, where the bundle records them
+
+
+class CtrlC:
+    """Ctrl+C during generation: remembered, and raised as KeyboardInterrupt as Python does.
+
+    The flag is what stops generation: a C extension that swallows the KeyboardInterrupt (sentencepiece's
+    bindings can clear a pending Python error) cannot make the generation run on to its end.
+    """
+
+    def __init__(self):
+        self.pressed = False
+
+    def _handle(self, signum, frame) -> None:
+        self.pressed = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> "CtrlC":
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        signal.signal(signal.SIGINT, self._previous)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -177,18 +200,23 @@ def run_generate(args: argparse.Namespace) -> int:
     prompt_ids = tokenizer.encode(args.prompt)
     if not prompt_ids:
         raise UsageError("--prompt encodes to no tokens: give some text to continue")
-    detokenizer, times, new_ids, interrupted = Detokenizer(tokenizer), GenerationTimes(), [], False
+    detokenizer, times, new_ids = Detokenizer(tokenizer), GenerationTimes(), []
     if not args.json:
         print(shown(args.prompt), end="", flush=True)
+    ctrl_c = CtrlC()
     try:
-        for token in generate(loaded.decoder, prompt_ids, args.max_tokens, sampling, args.seed,
-                              None if args.ignore_eos else loaded.eos_id, times):
-            new_ids.append(token)
-            text = detokenizer.push(token)
-            if text and not args.json:
-                print(shown(text), end="", flush=True)
+        with ctrl_c:
+            for token in generate(loaded.decoder, prompt_ids, args.max_tokens, sampling, args.seed,
+                                  None if args.ignore_eos else loaded.eos_id, times):
+                new_ids.append(token)
+                text = detokenizer.push(token)
+                if text and not args.json:
+                    print(shown(text), end="", flush=True)
+                if ctrl_c.pressed:
+                    break
     except KeyboardInterrupt:
-        interrupted = True
+        pass
+    interrupted = ctrl_c.pressed
     tail = detokenizer.finish()
     if not args.json:
         print(shown(tail), flush=True)
