@@ -33,7 +33,7 @@ from src.training.optimizers import make_optimizer
 from src.training.distributed import processor_name
 from src.training.precision import resolve_precision
 from src.training.schedule import make_scheduler
-from src.training.trainer import deterministic_algorithms, evaluate, make_train_step
+from src.training.trainer import deterministic_algorithms, epoch_generator, evaluate, make_train_step
 
 
 def recipe(base: TrainConfig, overrides: str) -> TrainConfig:
@@ -53,8 +53,7 @@ def batches(split: TokenSplit, cfg: TrainConfig) -> Iterator[tuple[torch.Tensor,
     epoch = 0
     while True:
         epoch += 1
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        yield from split.epoch_batches(cfg.max_seq_length, cfg.batch_size, generator)
+        yield from split.epoch_batches(cfg.max_seq_length, cfg.batch_size, epoch_generator(cfg.seed, epoch))
 
 
 class Run:

@@ -130,6 +130,11 @@ class BookSource:
         return not self.url.startswith(HTTP_SCHEMES)
 
     @property
+    def path(self) -> Path:
+        """A local source's file (a relative path is from the project root, where stages run)."""
+        return Path(self.url).expanduser()
+
+    @property
     def file_name(self) -> str:
         """The book's file name: on Gutenberg, in a mirror and in data/raw/."""
         return PurePosixPath(self.url if self.is_local else urlparse(self.url).path).name

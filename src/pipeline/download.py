@@ -42,8 +42,7 @@ def download(cfg: CorpusConfig, split: SplitConfig, *, mirror: str | None, raw_d
     books, cleaned, hashes = [], [], []
     for index, source in enumerate(cfg.sources):
         raw_file = raw_dir / source.file_name
-        location = str(Path(source.url).expanduser()) if source.is_local else \
-            resolve_location(source.url, source.file_name, mirror)
+        location = str(source.path) if source.is_local else resolve_location(source.url, source.file_name, mirror)
         fetched = fetch_verified(location, raw_file, source.sha256, policy, label=source.file_name)
         log.info("%s %s (%s)", "fetched" if fetched else "kept verified", raw_file, location if fetched else source.sha256[:12])
         book = read_book(raw_file.read_bytes(), source.file_name, source.format)

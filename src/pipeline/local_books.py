@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def hash_local_books(cfg: CorpusConfig, *, out: Path = paths.LOCAL_BOOKS) -> dict[str, str]:
     """{book name: sha256} of the local sources (relative paths are from the project root)."""
-    hashes = {source.name: local_sha256(Path(source.url).expanduser(), f"corpus.sources {source.name}")
+    hashes = {source.name: local_sha256(source.path, f"corpus.sources {source.name}")
               for source in cfg.sources if source.is_local}
     write_json(out, hashes)
     for name, digest in hashes.items():

@@ -1,9 +1,9 @@
 """train.precision: auto picks bf16 or fp32 by measuring this machine's matrix products, once.
 
 Whether bf16 pays depends on the CPU: with bf16 matrix units (AMX, or AVX-512 bf16 on some cores) a bf16
-product runs up to twice as fast as fp32; without them it can run at half the speed. So the choice is a
-measurement: the training step's largest products (the head, the MLP, attention's projections, at the
-run's batch of tokens), forward and backward shapes, timed in both precisions in alternating rounds.
+product runs faster than fp32; without them it can run slower. So the choice is a measurement: the
+training step's largest products (the head, the MLP, attention's projections, at the run's batch of
+tokens), forward and backward shapes, timed in both precisions in alternating rounds.
 bf16 is chosen only when it is clearly faster (``MIN_SPEEDUP``); fp32 is exact where bf16 rounds.
 
 The verdict is cached per machine, thread count, PyTorch version and shape (``TT_CACHE_DIR``, else

@@ -294,6 +294,11 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
                           environment, timings)
 
 
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator that orders epoch ``epoch``'s batches: the same for a run, a resumed run and a benchmark."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
 def history_with_seconds(history: list[dict[str, Any]], timings: list[dict[str, float]]) -> list[dict[str, Any]]:
     """Each history row with the training seconds (evaluation excluded) from the start to it."""
     rows, seconds = [], 0.0
@@ -311,7 +316,7 @@ def run_epoch(state: TrainingState, timings: list[dict[str, float]], step: Calla
     row of ``state.history`` and of ``timings``. Returns whether the epoch-end validation loss improved."""
     epoch, length = state.epoch + 1, cfg.max_seq_length
     steps_per_epoch = train_split.batches_per_epoch(length, cfg.batch_size)
-    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+    generator = epoch_generator(cfg.seed, epoch)
     loss_sum, tokens_seen, seconds = 0.0, 0, 0.0  # since the last evaluation
     epoch_seconds, epoch_tokens = 0.0, 0
     bar = tqdm(train_split.epoch_batches(length, cfg.batch_size, generator), total=steps_per_epoch,
@@ -333,7 +338,8 @@ def run_epoch(state: TrainingState, timings: list[dict[str, float]], step: Calla
         at_end = batch == steps_per_epoch
         if at_end or (cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0):
             seconds += time.perf_counter() - started
-            state.epoch = epoch if at_end else state.epoch
+            if at_end:
+                state.epoch = epoch
             row = evaluation_row(state, epoch - 1 + batch / steps_per_epoch, loss_sum / tokens_seen,
                                  evaluate(model, validation_split, length, cfg.eval_batch_size, cfg.precision, workers),
                                  scheduler, cfg)
