@@ -31,9 +31,9 @@ from src.data.tokenizer import load_tokenizer
 from src.model.transformer import ModelShape, TinyTransformer
 from src.training.optimizers import make_optimizer
 from src.training.distributed import processor_name
-from src.training.precision import resolve_precision
 from src.training.schedule import make_scheduler
-from src.training.trainer import deterministic_algorithms, epoch_generator, evaluate, make_train_step
+from src.training.distributed import single_process
+from src.training.trainer import deterministic_algorithms, epoch_generator, evaluate, make_train_step, speed_choices
 
 
 def recipe(base: TrainConfig, overrides: str) -> TrainConfig:
@@ -94,9 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(str(exc)) from None
     train_split, validation_split = TokenSplit(paths.TOKENS_DIR, "train"), TokenSplit(paths.TOKENS_DIR, "validation")
     shape = ModelShape.from_config(cfg.model, load_tokenizer(paths.TOKENIZER_MODEL).get_piece_size())
-    precision, why = resolve_precision(cfg.train.precision, torch.device("cpu"), shape,
-                                       cfg.train.batch_size * cfg.train.max_seq_length)
-    base = dataclasses.replace(cfg.train, precision=precision)
+    base, why = speed_choices(cfg.train, shape, single_process())
     total_steps = train_split.batches_per_epoch(base.max_seq_length, base.batch_size) * base.epochs
     with deterministic_algorithms():
         # torch.compile compiles the step's forward once per process and both recipes share it: a throwaway
@@ -120,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
                     run.reached = {"steps": run.steps, "seconds": round(run.seconds, 2)}
 
     result = {"benchmark": "time_to_loss", "target": args.target, "cpu": processor_name(),
-              "threads": torch.get_num_threads(), "precision": precision, "precision_choice": why,
+              "threads": torch.get_num_threads(), "precision": base.precision, "attention": base.attention, **why,
               "eval_every": args.eval_every, "compile_seconds": round(compiling.seconds, 2),
               "recipes": {run.name: {"overrides": args.baseline if run.name == "baseline" else args.recipe,
                                      "reached": run.reached is not None, **(run.reached or {}),

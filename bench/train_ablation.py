@@ -9,7 +9,7 @@ fused AdamW, `torch.compile`, the fused chunked head + loss (`src/model/loss.py`
 CPU training, that kernel's matrix products kept in bf16, and the allocator keeping freed memory
 (`src/training/allocator.py`); the last is the project's step as the train stage runs it. A final
 variant flips `model.dropout` (0 <-> 0.1) to show what dropout costs. The attention kernel is the
-training step's `training_attention`; its precision is switched off, for the variants before it, by
+training step's math attention kernel; its precision is switched off, for the variants before it, by
 replacing the project's private switch: this is a measurement, not a way to train. The allocator
 setting cannot be undone, so it comes last.
 """
@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from bench.train_throughput import batches
 from src.config import load_config
 from src.model.transformer import ModelShape, TinyTransformer
-from src.training import trainer
 from src.training.allocator import keep_freed_memory
+from src.training import speed_choices
 from src.training.optimizers import make_optimizer
-from src.training.trainer import precision_context, training_attention
+from src.training.speed_choices import attention_kernel, precision_context
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,14 +82,13 @@ def time_variant(variant: Variant, shape: ModelShape, cfg, data: list[tuple], wa
     objective = torch.compile(loss_of) if variant.compile else loss_of
     if variant.keep_freed_memory:
         keep_freed_memory()
-    cpu = torch.device("cpu")
     attention_precision = (contextlib.nullcontext() if variant.bf16_attention
-                           else mock.patch.object(trainer, "bf16_math_attention", contextlib.nullcontext))
+                           else mock.patch.object(speed_choices, "bf16_math_attention", contextlib.nullcontext))
     with attention_precision:
         for index, (inputs, targets) in enumerate(data):
             if index == warmup:
                 started = time.perf_counter()
-            kernel = training_attention(cpu) if variant.math_attention else contextlib.nullcontext()
+            kernel = attention_kernel("math") if variant.math_attention else contextlib.nullcontext()
             with kernel, precision_context(variant.precision):
                 loss = objective(inputs, targets)
             loss.backward()

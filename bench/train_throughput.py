@@ -31,9 +31,9 @@ from src.config import load_config
 from src.model.transformer import ModelShape, TinyTransformer
 from src.training.allocator import keep_freed_memory
 from src.training.optimizers import make_optimizer
-from src.training.precision import resolve_precision
+from src.training.distributed import single_process
 from src.training.schedule import make_scheduler
-from src.training.trainer import make_train_step
+from src.training.trainer import make_train_step, speed_choices
 
 
 def batches(vocab_size: int, batch_size: int, length: int, count: int, seed: int = 0) -> list[tuple]:
@@ -57,8 +57,7 @@ def reference_step(model: TinyTransformer, optimizer: torch.optim.Optimizer,
                    scheduler: torch.optim.lr_scheduler.LRScheduler, grad_clip: float):
     """The textbook fp32 eager step: full logits, ``F.cross_entropy``, backward, clip, AdamW.
 
-    Nothing of the project's step applies, not even its attention kernel (``training_attention``): with it
-    this step is slower than a plain one (medians 791 against 746 ms, measured in one process)."""
+    Nothing of the project's step applies, not even its attention kernel choice: PyTorch picks."""
 
     def step(inputs: torch.Tensor, targets: torch.Tensor) -> float:
         logits = model(inputs)
@@ -104,10 +103,9 @@ def main(argv: list[str] | None = None) -> None:
 
     kept = args.keep_freed_memory and keep_freed_memory()
     cfg = load_config(args.params)
-    precision, why = resolve_precision(cfg.train.precision, torch.device("cpu"),
-                                       ModelShape.from_config(cfg.model, cfg.tokenizer.vocab_size),
-                                       cfg.train.batch_size * cfg.train.max_seq_length)
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
+    train_cfg, why = speed_choices(cfg.train, ModelShape.from_config(cfg.model, cfg.tokenizer.vocab_size),
+                                   single_process())
+    cfg = dataclasses.replace(cfg, train=train_cfg)
     vocab_size = cfg.tokenizer.vocab_size
     shape = ModelShape.from_config(cfg.model, vocab_size)
     length, batch = cfg.train.max_seq_length, cfg.train.batch_size
@@ -143,8 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     tokens_per_step = batch * length
     result = {"benchmark": "train_throughput", "batch_size": batch, "max_seq_length": length,
               "vocab_size": vocab_size, "parameters": TinyTransformer(shape).num_parameters(),
-              "threads": torch.get_num_threads(), "precision": precision, "precision_choice": why,
-              "compile": cfg.train.compile,
+              "threads": torch.get_num_threads(), "precision": cfg.train.precision,
+              "attention": cfg.train.attention, **why, "compile": cfg.train.compile,
               "keep_freed_memory": kept,
               "matmul_peak_gflops": {k: round(v, 1) for k, v in peak.items()}}
     for name, variant in variants.items():
@@ -163,8 +161,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name:>22}: {r['tokens_per_sec']:>9.0f} tokens/s  {r['ms_per_step']:>7.1f} ms/step  "
                   f"{r['gflops']:>6.1f} GFLOP/s ({r['share_of_matmul_peak']:.0%} of the machine's fastest matmul peak)")
         print(f"{'speedup':>22}: {result['speedup']:.2f}x")
-        print(f"{'precision':>22}: {precision} ({why}); matmul peak fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} "
-              f"GFLOP/s")
+        print(f"{'precision':>22}: {cfg.train.precision} ({why['precision_choice']}); matmul peak fp32 "
+              f"{peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s")
+        print(f"{'attention':>22}: {cfg.train.attention} ({why['attention_choice']})")
 
 
 if __name__ == "__main__":

@@ -274,8 +274,11 @@ class TrainConfig:
     eval_every_steps: int = number("train.eval_every_steps", int, 0, 1_000_000)
     checkpoint_every: int = number("train.checkpoint_every", int, 1, 10_000)
     # bf16 autocast runs the matrix products in bfloat16 (weights and optimizer stay fp32); auto: the faster of
-    # the two on this machine, measured once and cached (src/training/precision.py).
+    # the two on this machine, measured once and cached (src/training/speed_choices.py).
     precision: str = choice("train.precision", "auto", "bf16", "fp32")
+    # The training step's attention kernel: SDPA's math (plain products) or fused flash kernel; auto: the faster
+    # of the two on this machine in the precision chosen, measured once and cached (PyTorch's choice on CUDA).
+    attention: str = choice("train.attention", "auto", "math", "flash")
     # torch.compile the training step's forward and loss: slower to start, faster per step.
     compile: bool = flag("train.compile")
     # Where training runs ("auto": CUDA when PyTorch sees it, else the CPU) and in how many processes

@@ -313,7 +313,7 @@ MODEL = ModelConfig(n_layers=1, n_heads=2, d_model=16, d_ff=32, dropout=0.1, con
 TRAIN = TrainConfig(epochs=3, batch_size=16, learning_rate=0.01, max_seq_length=16, seed=3, weight_decay=0.1,
                     optimizer="adamw", schedule="cosine", warmup_steps=5, min_lr_ratio=0.1, decay_fraction=0.2,
                     grad_clip=1.0, eval_batch_size=32, eval_every_steps=0, checkpoint_every=1,
-                    precision="fp32", compile=False, device="cpu", nproc=1, threads=0, plateau_loss=7.0)
+                    precision="fp32", attention="math", compile=False, device="cpu", nproc=1, threads=0, plateau_loss=7.0)
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from src.model.checkpoint import load_checkpoint, save_checkpoint
 from src.model.transformer import ModelShape, TinyTransformer
 from src.training.optimizers import make_optimizer
 from src.training.schedule import make_scheduler
-from src.training.trainer import TrainingDiverged, evaluate, make_train_step, precision_context
+from src.training.speed_choices import precision_context
+from src.training.trainer import TrainingDiverged, evaluate, make_train_step
 from tests.conftest import MODEL, TRAIN, VOCAB, run
 
 
@@ -152,16 +153,20 @@ def attention_kernels(run_step) -> set[str]:
     return {e.name for e in prof.events() if e.name.startswith("aten::_scaled_dot_product")}
 
 
-def test_the_training_step_chooses_the_math_attention_kernel_and_the_model_keeps_pytorchs_choice():
-    """On a CPU, the training step runs SDPA's math kernel; the model on its own (evaluation, generation,
-    the benchmark's plain reference) runs the kernel PyTorch picks: without dropout, its CPU flash kernel."""
+@pytest.mark.parametrize("kernel", ["math", "flash"])
+def test_the_training_step_runs_its_chosen_attention_kernel_and_the_model_keeps_pytorchs_choice(kernel):
+    """The training step runs the kernel train.attention resolved to; the model on its own (evaluation,
+    generation, the benchmark's plain reference) runs the kernel PyTorch picks: without dropout, its CPU
+    flash kernel."""
     torch.manual_seed(0)
     model = TinyTransformer(ModelShape.from_config(dataclasses.replace(MODEL, dropout=0.0), VOCAB)).train()
-    optimizer = make_optimizer(model, TRAIN)
-    step = make_train_step(model, optimizer, make_scheduler(optimizer, TRAIN, 100), TRAIN)
+    cfg = dataclasses.replace(TRAIN, attention=kernel)
+    optimizer = make_optimizer(model, cfg)
+    step = make_train_step(model, optimizer, make_scheduler(optimizer, cfg, 100), cfg)
     inputs = torch.randint(0, VOCAB, (4, 16))
-    assert attention_kernels(lambda: step(inputs, inputs)) == {"aten::_scaled_dot_product_attention_math"}
     flash = "aten::_scaled_dot_product_flash_attention_for_cpu"
+    ran = {"math": {"aten::_scaled_dot_product_attention_math"}, "flash": {flash, flash + "_backward"}}
+    assert attention_kernels(lambda: step(inputs, inputs)) == ran[kernel]
     assert attention_kernels(lambda: model.loss(inputs, inputs).backward()) == {flash, flash + "_backward"}
 
 

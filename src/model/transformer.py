@@ -8,7 +8,7 @@
 Positions are rotary (RoPE): queries and keys are rotated by an angle that grows with the position,
 so attention scores depend on relative distance, and no position table limits the model's length.
 Attention is causal and runs through ``torch.nn.functional.scaled_dot_product_attention``, with the
-kernel PyTorch chooses; the training step chooses its own (``src.training.trainer.training_attention``).
+kernel PyTorch chooses; the training step chooses its own (``src.training.speed_choices``).
 
 Generation reads the prompt into a ``KVCache`` through ``forward``, then one token at a time. Past the
 context the cache slides: each token attends to itself and the ``context_length - 1`` before it. The

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from src.training.precision import cache_dir
+from src.training.speed_choices import cache_dir
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -33,7 +32,7 @@ from src.model.transformer import ModelShape, TinyTransformer
 from src.training.checkpointing import BEST, LAST, RunCheckpoints, fingerprint
 from src.training.distributed import Workers, single_process
 from src.training.optimizers import make_optimizer
-from src.training.precision import resolve_precision
+from src.training.speed_choices import attention_kernel, precision_context, resolve_attention, resolve_precision
 from src.training.schedule import make_scheduler
 
 log = logging.getLogger(__name__)
@@ -82,50 +81,6 @@ def deterministic_algorithms() -> Iterator[None]:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
-def training_attention(device: torch.device) -> contextlib.AbstractContextManager:
-    """SDPA's math kernel for a training step on a CPU, PyTorch's own choice otherwise.
-
-    PyTorch's CPU flash-attention kernel has a slow backward at this head width (B=32 H=4 T=128
-    hd=32): the default training step under bf16 autocast measured 304 ms with it and 235 ms with the
-    math kernel's plain matrix products, which torch.compile fuses with the softmax around them
-    (eager: 358 ms and 293 ms). Run eagerly in fp32 it is the other way round (attention alone, forward and
-    backward, one layer: median 18 ms with PyTorch's choice against 29 ms; the plain fp32 step, in one
-    process alternating, medians 746 against 791 ms and 552 against 582 ms), so this is the training
-    step's choice, not the model's: evaluation, generation and the benchmark's plain fp32 reference get
-    PyTorch's. Like the switch below, it is read when torch.compile traces, so it is set around the step.
-    """
-    return sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def bf16_math_attention() -> Iterator[None]:
-    """Let SDPA's math kernel keep bf16 queries, keys and values in bf16 (it casts them to fp32 by default).
-
-    The model trains on a CPU with that kernel (``training_attention``); kept in bf16,
-    its matrix products run at the bf16 rate and its softmax still sums in fp32. The default training step
-    measured 8-24 ms faster than with the cast in each of five alternating pairs of processes (207-231
-    against 229-242 ms). The switch is process-wide in PyTorch and read when torch.compile traces, so it
-    is set here, around every call of the step, not inside the compiled model. Inductor's caches key on
-    the graph it traces, which the switch changes: a graph compiled without it is not reused with it.
-    """
-    allowed = torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()  # despite the name, every device
-    torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)
-    try:
-        yield
-    finally:
-        torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(allowed)
-
-
-@contextlib.contextmanager
-def precision_context(precision: str, device: torch.device = torch.device("cpu")) -> Iterator[None]:
-    """bf16: autocast, with attention's matrix products in bf16 too; fp32: nothing changes."""
-    if precision != "bf16":
-        yield
-        return
-    with bf16_math_attention(), torch.autocast(device.type, dtype=torch.bfloat16):
-        yield
-
-
 class NextTokenLoss(nn.Module):
     """The training objective as one module, so that DDP and torch.compile wrap a single forward."""
 
@@ -141,6 +96,8 @@ def make_train_step(model: TinyTransformer, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler, cfg: TrainConfig,
                     workers: Workers = single_process()) -> Callable[[torch.Tensor, torch.Tensor], float]:
     """One optimizer step on a global batch; returns its loss. A non-finite loss is returned unapplied.
+
+    ``cfg`` holds the precision and attention kernel the step runs, resolved (``speed_choices``).
 
     Each worker computes the loss of its slice of the batch; DDP averages the gradients in backward.
     """
@@ -158,7 +115,7 @@ def make_train_step(model: TinyTransformer, optimizer: torch.optim.Optimizer,
 
     def step(inputs: torch.Tensor, targets: torch.Tensor) -> float:
         inputs, targets = workers.slice(inputs), workers.slice(targets)
-        with training_attention(workers.device), precision_context(cfg.precision, workers.device):
+        with attention_kernel(cfg.attention), precision_context(cfg.precision, workers.device):
             loss = objective(inputs, targets)
         value = workers.mean(loss.item())  # every worker sees a NaN on any one of them
         if not math.isfinite(value):
@@ -234,11 +191,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
     total_steps = steps_per_epoch * train_cfg.epochs
 
     shape = ModelShape.from_config(model_cfg, vocab_size)
-    # The main worker decides (measuring once per machine for auto) and every worker follows.
-    precision, precision_reason = resolve_precision(train_cfg.precision, workers.device, shape,
-                                                    train_cfg.batch_size * length) if workers.is_main else ("", "")
-    bf16 = workers.sum([1.0 if precision == "bf16" else 0.0])[0] > 0
-    train_cfg = replace(train_cfg, precision="bf16" if bf16 else "fp32")  # the fingerprint keys on what runs
+    train_cfg, choices = speed_choices(train_cfg, shape, workers)  # the fingerprint keys on what runs
 
     torch.manual_seed(train_cfg.seed)
     model = TinyTransformer(shape).to(workers.device)
@@ -287,11 +240,27 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
     if workers.is_main:
         checkpoints.finish(state.epoch, state.best_epoch, snapshot)
     workers.barrier()
-    environment = {**workers.environment(), "precision": train_cfg.precision, "compile": train_cfg.compile}
-    if workers.is_main:
-        environment["precision_choice"] = precision_reason
+    environment = {**workers.environment(), "precision": train_cfg.precision, "attention": train_cfg.attention,
+                   "compile": train_cfg.compile, **choices}
     return TrainingResult(state, checkpoints.path(LAST), checkpoints.path(BEST), model.num_parameters(), resumed_from,
                           environment, timings)
+
+
+def speed_choices(cfg: TrainConfig, shape: ModelShape, workers: Workers) -> tuple[TrainConfig, dict[str, str]]:
+    """``cfg`` with the precision and attention kernel this run uses, and why each (main worker only).
+
+    The main worker decides, measuring once per machine for auto, and every worker follows its choice.
+    """
+    batch, length = cfg.batch_size // workers.world_size, cfg.max_seq_length
+    precision, attention, why = "", "", {}
+    if workers.is_main:
+        precision, why["precision_choice"] = resolve_precision(cfg.precision, workers.device, shape, batch, length)
+        attention, why["attention_choice"] = resolve_attention(cfg.attention, precision, workers.device, shape,
+                                                               batch, length)
+    bf16, flash, math_kernel = workers.sum([float(precision == "bf16"), float(attention == "flash"),
+                                           float(attention == "math")])
+    attention = "flash" if flash else "math" if math_kernel else "default"
+    return replace(cfg, precision="bf16" if bf16 else "fp32", attention=attention), why
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
