@@ -8,22 +8,24 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
 # The offline page that `dvc plots show` / `dvc plots diff` fill (.dvc/config: plots.html_template). It carries
-# vega, vega-lite and vega-embed, fetched from the npm registry at pinned versions and sha512-checked by the
-# script: generated here, never committed (build/ is git-ignored).
+# vega, vega-lite and vega-embed inline, from the vl-convert-python that requirements.txt pins: generated here
+# with the venv's python, never committed (build/ is git-ignored).
 PLOTS_TEMPLATE := build/plots_template.html
 
 .PHONY: setup repro test test-slow loss-curve
 
 setup: $(VENV)/.installed $(PLOTS_TEMPLATE)
 
-$(VENV)/.installed: requirements.txt
+# The project, editable, with the pins of requirements.txt (pyproject.toml reads them): the `tinytransformer`
+# command runs this checkout's code.
+$(VENV)/.installed: requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --editable .
 	@touch $@
 
-# The versions and their hashes live in the script, so editing it rebuilds the template.
-$(PLOTS_TEMPLATE): scripts/build_plots_template.py
-	$(PYTHON) scripts/build_plots_template.py build --out $@
+# A new vl-convert-python pin (requirements.txt, so .installed) brings new library versions.
+$(PLOTS_TEMPLATE): scripts/build_plots_template.py $(VENV)/.installed
+	$(BIN)/python scripts/build_plots_template.py build --out $@
 
 repro: setup
 	dvc repro
@@ -35,11 +37,10 @@ test: setup
 test-slow: setup
 	python -m pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
-# The README's loss curve: the project's own `dvc plots show` (offline template), screenshotted by headless
-# Chromium, checked to show a drawn chart, cropped to it. Needs metrics/train_history.json (make repro).
+# The README's loss curve: the chart `dvc plots show` draws, from its vega-lite spec, rendered by vl-convert (no
+# browser) and checked to show the lines. Needs metrics/train_history.json (make repro).
 loss-curve: setup
 	@test -f metrics/train_history.json || { \
 	    echo "metrics/train_history.json is missing: run 'make repro' first (the train stage writes it)" >&2; exit 1; }
-	rm -rf build/loss_curve
-	dvc plots show loss_by_step --out build/loss_curve
-	python scripts/build_plots_template.py screenshot build/loss_curve/index.html docs/loss_curve.png --crop --scale 2
+	dvc plots show loss_by_step --json > build/loss_curve.json
+	python scripts/build_plots_template.py render build/loss_curve.json docs/loss_curve.png --scale 2

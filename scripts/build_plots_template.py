@@ -1,70 +1,67 @@
 #!/usr/bin/env python3
-"""The offline page for `dvc plots show` / `dvc plots diff`, and a headless-Chromium check of what it draws.
+"""The offline page for `dvc plots show` / `dvc plots diff`, a plot drawn to PNG without a browser, and a
+headless-Chromium check of what a page draws.
 
 DVC's default plots page loads vega, vega-lite and vega-embed from cdn.jsdelivr.net, so without a network it
-is blank. `build` (what `make setup` runs) fetches those three packages from the npm registry with
-`npm pack`, at the exact versions pinned below, checks each tarball's sha512 against its pin, and writes an
-HTML template that carries their minified builds inline. `.dvc/config` points `plots.html_template` at it,
-so a plain `dvc plots show` writes a page that draws with no network. The template is generated into the
-git-ignored build/ directory: the libraries are fetched at set-up time, never committed.
+is blank. `build` (what `make setup` runs, with the venv's python) writes an HTML template that carries those
+libraries inline: the one JavaScript bundle of them that vl-convert-python ships, so requirements.txt's pin
+of that package pins their versions too and no tool but pip is needed. `.dvc/config` points
+`plots.html_template` at it, so a plain `dvc plots show` writes a page that draws with no network. The
+template is generated into the git-ignored build/ directory, never committed.
 
-`screenshot` renders a page with headless Chromium (every network request is sent to a closed port, so a
-drawn chart proves the page needed none), checks that the chart was drawn (pixels in DVC's line colours)
-and writes the PNG, cropped to the chart with --crop (`make loss-curve` makes docs/loss_curve.png this way).
-tests/test_plots.py uses the same functions.
+`render` draws the one plot of a `dvc plots show PLOT --json` report to a PNG with vl-convert (no browser),
+checks that its lines were drawn (pixels in DVC's line colours) and writes it: `make loss-curve` makes
+docs/loss_curve.png this way. tests/test_plots.py renders whole pages with headless Chromium (every network
+request sent to a closed port, so a drawn chart proves the page needed none) and the same pixel checks.
 
     python scripts/build_plots_template.py                     # = build --out build/plots_template.html
-    python scripts/build_plots_template.py screenshot PAGE.html OUT.png [--crop] [--min-colors N]
-
-Only the standard library: the template can be built before the venv exists. `screenshot` also reads DVC's
-colour palette from dvc_render, so run it with the venv's python.
+    python scripts/build_plots_template.py render PLOTS.json OUT.png [--scale S]
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
 import html
 import json
-import os
 import re
 import shutil
 import struct
 import subprocess
 import sys
-import tarfile
 import tempfile
 import zlib
 from collections import Counter
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
+
+import vl_convert
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TEMPLATE = REPO_ROOT / "build" / "plots_template.html"
 
-
-@dataclass(frozen=True)
-class Package:
-    name: str
-    version: str
-    build_file: str  # the minified browser (UMD) build inside the tarball's package/ directory
-    integrity: str   # npm's Subresource-Integrity string of the tarball: "sha512-<base64>"
+# DVC fills its plots with vega-lite v5 specs (dvc_render's templates name the v5 schema). The page and the
+# PNGs compile them with the newest vega-lite 5 that vl-convert ships, on its own vega (6, newer than 5.23,
+# which fixed the expression-sandbox XSS advisories CVE-2023-26486 and CVE-2023-26487) and vega-embed.
+VEGA_LITE_MAJOR = 5
 
 
-# The majors DVC's own page asks for (dvc_render 1.0.2 loads vega@5.20.2, vega-lite@5.2.0, vega-embed@6.18.2
-# and fills vega-lite v5 specs), at their newest releases: vega >= 5.23 fixes the expression-sandbox XSS
-# advisories (CVE-2023-26486, CVE-2023-26487) that 5.20.2 has, and vega-lite 5.23 needs vega ^5.24.
-# The integrity strings are the npm registry's `dist.integrity` of each tarball. To bump a version, take
-# the new string from `npm view vega@X.Y.Z dist.integrity`, then run the tests (they render real pages).
-PACKAGES = (
-    Package("vega", "5.33.1", "build/vega.min.js",
-            "sha512-1fArfVDUqVbb5z8n+/nVQb+VNBzx8svY6CrsyTK4Ujm4yrd9I1auoKxBAPXLCavY1LcrbHUskQbGUP8gXOzyQw=="),
-    Package("vega-lite", "5.23.0", "build/vega-lite.min.js",
-            "sha512-l4J6+AWE3DIjvovEoHl2LdtCUkfm4zs8Xxx7INwZEAv+XVb6kR6vIN1gt3t2gN2gs/y4DYTs/RPoTeYAuEg6mA=="),
-    Package("vega-embed", "6.29.0", "build/vega-embed.min.js",
-            "sha512-PmlshTLtLFLgWtF/b23T1OwX53AugJ9RZ3qPE2c01VFAbgt3/GSNI/etzA/GzdrkceXFma+FDHNXUppKuM0U6Q=="),
-)
+def vega_lite_version() -> str:
+    """The newest ``MAJOR.MINOR`` of vega-lite ``VEGA_LITE_MAJOR`` in the installed vl-convert."""
+    candidates = [tuple(map(int, v.split("."))) for v in vl_convert.get_vegalite_versions()
+                  if v.split(".")[0] == str(VEGA_LITE_MAJOR)]
+    if not candidates:
+        raise BuildError(f"vl-convert-python ships no vega-lite {VEGA_LITE_MAJOR} (it has "
+                         f"{', '.join(vl_convert.get_vegalite_versions())}): pin a version that does in "
+                         f"requirements.txt")
+    return ".".join(map(str, max(candidates)))
+
+
+def library_versions() -> dict[str, str]:
+    """What the template carries, name -> version (vega-lite as ``MAJOR.MINOR``)."""
+    return {"vega": vl_convert.get_vega_version(), "vega-lite": vega_lite_version(),
+            "vega-embed": vl_convert.get_vega_embed_version()}
+
 
 # DVC fills a template with str.replace of these three: {plot_divs} (required) gets the charts, {refresh_tag}
 # the optional auto-refresh <meta>, and {scripts} the CDN <script src=...> tags. The template leaves
@@ -87,7 +84,10 @@ PAGE = """<!DOCTYPE html>
     <title>DVC Plot</title>
     <!-- Generated by scripts/build_plots_template.py (make setup); do not edit. It is DVC's default plots
          page with the chart libraries inline instead of loaded from a CDN, so it draws with no network. -->
-{libraries}
+    <!-- {note} -->
+    <script>
+{bundle}
+    </script>
     <style>
         table {{
             border-spacing: 15px;
@@ -102,107 +102,51 @@ PAGE = """<!DOCTYPE html>
 
 
 class BuildError(Exception):
-    """The template cannot be built; the message says why and what to do."""
+    """The template or a picture cannot be made; the message says why and what to do."""
 
 
-def sri_sha512(data: bytes) -> str:
-    return "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode("ascii")
-
-
-def verify_integrity(tarball: Path, package: Package) -> None:
-    actual = sri_sha512(tarball.read_bytes())
-    if actual != package.integrity:
-        raise BuildError(f"{package.name}@{package.version}: the tarball from the registry has integrity "
-                         f"{actual}, but {package.integrity} is pinned in {Path(__file__).name}. Refusing "
-                         f"to use it (a changed or tampered package); if the version was bumped on purpose, "
-                         f"pin `npm view {package.name}@{package.version} dist.integrity`.")
-
-
-def npm_pack(packages: tuple[Package, ...], destination: Path) -> dict[str, Path]:
-    """Download the packages' tarballs with `npm pack` (the npm registry, or npm's cache); name -> tarball."""
-    npm = shutil.which("npm")
-    if npm is None:
-        raise BuildError("npm is not installed, and the offline plots template is built from the npm registry "
-                         "(vega, vega-lite, vega-embed). Install it (Debian: apt-get install npm), then run "
-                         "`make setup` again.")
-    specs = [f"{p.name}@{p.version}" for p in packages]
-    # --ignore-scripts: only tarballs are wanted, nothing of theirs is run. cwd is the empty destination so
-    # that no package.json or .npmrc of the project's directory takes part.
-    command = [npm, "pack", "--json", "--ignore-scripts", "--pack-destination", str(destination), *specs]
-    try:
-        done = subprocess.run(command, cwd=destination, capture_output=True, text=True, timeout=600)
-    except subprocess.TimeoutExpired:
-        raise BuildError(f"`npm pack {' '.join(specs)}` did not finish in 10 minutes: is the npm registry "
-                         f"reachable (npm config get registry)?") from None
-    if done.returncode != 0:
-        raise BuildError(f"`npm pack {' '.join(specs)}` exited {done.returncode}: is the npm registry "
-                         f"reachable (npm config get registry)?\n{done.stderr.strip()[-2000:]}")
-    try:
-        packed = {entry["name"]: destination / entry["filename"] for entry in json.loads(done.stdout)}
-    except (ValueError, KeyError, TypeError):
-        raise BuildError(f"`npm pack --json` printed something that is not its JSON report:\n"
-                         f"{done.stdout[-2000:]}") from None
-    missing = [p.name for p in packages if p.name not in packed or not packed[p.name].is_file()]
-    if missing:
-        raise BuildError(f"`npm pack` reported success but wrote no tarball for {', '.join(missing)}")
-    return packed
-
-
-def read_build_file(tarball: Path, package: Package) -> tuple[str, str]:
-    """The minified build and the package's licence, read from the (already verified) tarball; nothing is
-    extracted to disk."""
-    with tarfile.open(tarball, "r:gz") as archive:
-        try:
-            manifest = json.load(archive.extractfile("package/package.json"))
-            member = archive.extractfile(f"package/{package.build_file}")
-        except KeyError as error:
-            raise BuildError(f"{package.name}@{package.version}: {error.args[0]} is not in the tarball") from None
-        if member is None:
-            raise BuildError(f"{package.name}@{package.version}: package/{package.build_file} is not a file")
-        if (manifest.get("name"), manifest.get("version")) != (package.name, package.version):
-            raise BuildError(f"{tarball.name} holds {manifest.get('name')}@{manifest.get('version')}, "
-                             f"not {package.name}@{package.version}")
-        return member.read().decode("utf-8"), str(manifest.get("license", "unknown"))
-
-
-def inline_script(source: str, package: Package) -> str:
+def inline_script(source: str) -> str:
     """``source`` made safe to sit between <script> and </script> in a DVC template."""
-    # The source map it names is not shipped; the comment would only make devtools look for it.
-    source = re.sub(r"\n?//# sourceMappingURL=\S*\s*$", "", source)
     for placeholder in DVC_PLACEHOLDERS:
         if placeholder in source:
-            raise BuildError(f"{package.name}@{package.version} contains the text {placeholder}, which DVC "
-                             f"would replace when it fills the template: this version cannot be inlined")
+            raise BuildError(f"the chart libraries contain the text {placeholder}, which DVC would replace "
+                             f"when it fills the template: this vl-convert-python version cannot be inlined")
     # "</script" would end the element early. Where it can occur in JavaScript (a string, a regular
     # expression, a comment) "<\/script" means the same.
     return re.sub(r"</(script)", r"<\\/\1", source, flags=re.IGNORECASE)
 
 
-def render_template(sources: dict[Package, str], licenses: dict[Package, str]) -> str:
-    blocks = []
-    for package, source in sources.items():
-        note = html.escape(f"{package.name}@{package.version} ({licenses[package]} licence), "
-                           f"{package.build_file} of the npm tarball with integrity {package.integrity}")
-        blocks.append(f"    <!-- {note} -->\n    <script>\n{inline_script(source, package)}\n    </script>")
-    return PAGE.format(csp=CONTENT_SECURITY_POLICY, libraries="\n".join(blocks))
+def render_template() -> str:
+    versions = library_versions()
+    # The bundle declares its helpers with top-level const/let; run in a function of its own, they cannot
+    # clash with the names of DVC's chart scripts. It sets window.vega, window.vegaLite and window.vegaEmbed.
+    bundle = f"(() => {{\n{vl_convert.javascript_bundle(vl_version=versions['vega-lite'])}\n}})();"
+    note = html.escape(", ".join(f"{name}@{version}" for name, version in versions.items())
+                       + " (BSD-3-Clause) and their dependencies, bundled by vl-convert-python "
+                       + metadata.version("vl-convert-python"))
+    return PAGE.format(csp=CONTENT_SECURITY_POLICY, note=note, bundle=inline_script(bundle))
 
 
 def build(out: Path) -> None:
-    with tempfile.TemporaryDirectory(prefix="plots-template-") as workdir:
-        tarballs = npm_pack(PACKAGES, Path(workdir))
-        sources: dict[Package, str] = {}
-        licenses: dict[Package, str] = {}
-        for package in PACKAGES:
-            verify_integrity(tarballs[package.name], package)
-            sources[package], licenses[package] = read_build_file(tarballs[package.name], package)
-    page = render_template(sources, licenses)
+    page = render_template().encode("utf-8")
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written whole or not at all: make treats an existing template as up to date.
     partial = out.with_name(out.name + ".part")
-    partial.write_text(page, encoding="utf-8")
-    os.replace(partial, out)
-    print(f"wrote {out} ({len(page.encode()) // 1024} KiB): "
-          + ", ".join(f"{p.name}@{p.version}" for p in PACKAGES) + " inline")
+    partial.write_bytes(page)
+    partial.replace(out)
+    print(f"wrote {out} ({len(page) // 1024} KiB): "
+          + ", ".join(f"{name}@{version}" for name, version in library_versions().items()) + " inline")
+
+
+def plot_spec(report: dict, source: str) -> dict:
+    """The vega-lite spec of the one plot in a `dvc plots show PLOT --json` report."""
+    if report.get("errors"):
+        raise BuildError(f"`dvc plots show` reported errors in {source}: {json.dumps(report['errors'])}")
+    specs = [entry["content"] for entries in report.get("data", {}).values() for entry in entries
+             if entry.get("type") == "vega"]
+    if len(specs) != 1:
+        raise BuildError(f"{source} holds {len(specs)} vega plots, not one: name one plot to `dvc plots show`")
+    return specs[0]
 
 
 # --- Headless Chromium ----------------------------------------------------------------------------------
@@ -219,6 +163,7 @@ CHROMIUM_FLAGS = (
     "--no-first-run",
     "--no-default-browser-check",
     "--hide-scrollbars",
+    "--force-device-scale-factor=1",
     # Every http(s) request goes to a closed local port and fails, even on a machine with internet: a chart
     # drawn under this flag needed no network.
     "--proxy-server=http://127.0.0.1:9",
@@ -235,13 +180,13 @@ def find_chromium() -> str | None:
     return None
 
 
-def _chromium(page: Path, *args: str, window: tuple[int, int], scale: float = 1) -> subprocess.CompletedProcess:
+def _chromium(page: Path, *args: str, window: tuple[int, int]) -> subprocess.CompletedProcess:
     binary = find_chromium()
     if binary is None:
         raise BuildError("Chromium is not installed (Debian: apt-get install --no-install-recommends chromium)")
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         command = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={window[0]},{window[1]}",
-                   f"--force-device-scale-factor={scale:g}", *args, Path(page).resolve().as_uri()]
+                   *args, Path(page).resolve().as_uri()]
         done = subprocess.run(command, capture_output=True, text=True, timeout=180)
     if done.returncode != 0:
         raise BuildError(f"chromium exited {done.returncode} rendering {page}:\n{done.stderr.strip()[-2000:]}")
@@ -253,11 +198,11 @@ def dump_dom(page: Path, window: tuple[int, int] = (1200, 900)) -> str:
     return _chromium(page, "--dump-dom", window=window).stdout
 
 
-def screenshot(page: Path, png: Path, window: tuple[int, int] = (1200, 900), scale: float = 1) -> None:
-    """A PNG of the page in a ``window`` of CSS pixels, ``scale`` device pixels to each (2 for a sharp picture)."""
+def screenshot(page: Path, png: Path, window: tuple[int, int] = (1200, 900)) -> None:
+    """A PNG of the page in a ``window`` of CSS pixels."""
     png = Path(png).resolve()
     png.unlink(missing_ok=True)
-    done = _chromium(page, f"--screenshot={png}", window=window, scale=scale)
+    done = _chromium(page, f"--screenshot={png}", window=window)
     if not png.is_file():
         raise BuildError(f"chromium wrote no screenshot of {page}:\n{done.stderr.strip()[-2000:]}")
 
@@ -270,10 +215,6 @@ class Image:
     height: int
     rgb: bytes  # 3 bytes a pixel, rows top to bottom
 
-    def row(self, y: int) -> bytes:
-        stride = self.width * 3
-        return self.rgb[y * stride:(y + 1) * stride]
-
 
 def _paeth(left: int, up: int, up_left: int) -> int:
     estimate = left + up - up_left
@@ -284,10 +225,13 @@ def _paeth(left: int, up: int, up_left: int) -> int:
 
 
 def read_png(path: Path) -> Image:
-    """Decode an 8-bit RGB or RGBA, non-interlaced PNG (what Chromium writes); alpha is dropped."""
-    data = Path(path).read_bytes()
+    return decode_png(Path(path).read_bytes(), str(path))
+
+
+def decode_png(data: bytes, name: str) -> Image:
+    """Decode an 8-bit RGB or RGBA, non-interlaced PNG (what Chromium and vl-convert write); alpha is dropped."""
     if data[:8] != b"\x89PNG\r\n\x1a\n":
-        raise ValueError(f"{path} is not a PNG file")
+        raise ValueError(f"{name} is not a PNG file")
     position, chunks, header = 8, [], None
     while position + 8 <= len(data):
         (length,) = struct.unpack(">I", data[position:position + 4])
@@ -300,16 +244,16 @@ def read_png(path: Path) -> Image:
         elif kind == b"IEND":
             break
     if header is None:
-        raise ValueError(f"{path}: no IHDR chunk")
+        raise ValueError(f"{name}: no IHDR chunk")
     width, height, depth, colour_type, _, _, interlace = header
     if depth != 8 or colour_type not in (2, 6) or interlace != 0:
-        raise ValueError(f"{path}: only 8-bit RGB/RGBA non-interlaced PNGs are read (got depth {depth}, "
+        raise ValueError(f"{name}: only 8-bit RGB/RGBA non-interlaced PNGs are read (got depth {depth}, "
                          f"colour type {colour_type}, interlace {interlace})")
     bpp = 3 if colour_type == 2 else 4
     stride = width * bpp
     raw = zlib.decompress(b"".join(chunks))
     if len(raw) != height * (stride + 1):
-        raise ValueError(f"{path}: {len(raw)} bytes of pixel data, expected {height * (stride + 1)}")
+        raise ValueError(f"{name}: {len(raw)} bytes of pixel data, expected {height * (stride + 1)}")
     pixels = bytearray(height * stride)
     previous = bytearray(stride)
     for y in range(height):
@@ -331,7 +275,7 @@ def read_png(path: Path) -> Image:
                 else:
                     line[x] = (line[x] + previous[x]) & 0xFF
         elif kind != 0:
-            raise ValueError(f"{path}: unknown PNG filter {kind} on row {y}")
+            raise ValueError(f"{name}: unknown PNG filter {kind} on row {y}")
         pixels[y * stride:(y + 1) * stride] = line
         previous = line
     if bpp == 4:
@@ -342,44 +286,8 @@ def read_png(path: Path) -> Image:
     return Image(width, height, bytes(pixels))
 
 
-def write_png(image: Image, path: Path) -> None:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    rows = b"".join(b"\x00" + image.row(y) for y in range(image.height))
-    header = struct.pack(">IIBBBBB", image.width, image.height, 8, 2, 0, 0, 0)
-    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 9))
-                           + chunk(b"IEND", b""))
-
-
 # A background or anti-aliasing pixel has every channel at least this bright.
 WHITE_LEVEL = 240
-
-
-def _is_ink_table() -> bytes:
-    return bytes(0 if value >= WHITE_LEVEL else 1 for value in range(256))
-
-
-def crop_to_content(image: Image, margin: int = 12) -> Image:
-    """The smallest box holding every non-white pixel, plus ``margin``; the image itself if it is all white."""
-    ink = _is_ink_table()
-    top = bottom = left = right = None
-    for y in range(image.height):
-        row = image.row(y).translate(ink)
-        first = row.find(b"\x01")
-        if first < 0:
-            continue
-        last = row.rfind(b"\x01")
-        top = y if top is None else top
-        bottom = y
-        left = first // 3 if left is None else min(left, first // 3)
-        right = last // 3 if right is None else max(right, last // 3)
-    if top is None:
-        return image
-    x0, y0 = max(0, left - margin), max(0, top - margin)
-    x1, y1 = min(image.width, right + 1 + margin), min(image.height, bottom + 1 + margin)
-    rows = b"".join(image.row(y)[x0 * 3:x1 * 3] for y in range(y0, y1))
-    return Image(x1 - x0, y1 - y0, rows)
 
 
 def dvc_palette() -> list[str]:
@@ -436,17 +344,14 @@ def check_chart(image: Image, min_colours: int) -> ChartPixels:
     return found
 
 
-def screenshot_command(args: argparse.Namespace) -> None:
-    window = tuple(int(n) for n in args.window_size.lower().split("x"))
-    with tempfile.TemporaryDirectory(prefix="plots-shot-") as workdir:
-        capture = Path(workdir) / "page.png"
-        screenshot(args.page, capture, window=window, scale=args.scale)
-        image = read_png(capture)
-    found = check_chart(image, args.min_colors)
-    if args.crop:
-        image = crop_to_content(image, margin=round(12 * args.scale))
+def render_command(args: argparse.Namespace) -> None:
+    report = json.loads(args.report.read_text(encoding="utf-8"))
+    png = vl_convert.vegalite_to_png(plot_spec(report, str(args.report)), vl_version=vega_lite_version(),
+                                     scale=args.scale)
+    image = decode_png(png, str(args.png))
+    found = check_chart(image, min_colours=1)
     args.png.parent.mkdir(parents=True, exist_ok=True)
-    write_png(image, args.png)
+    args.png.write_bytes(png)
     print(f"wrote {args.png} ({image.width}x{image.height}; lines drawn in "
           f"{', '.join(found.colours_drawn(MIN_LINE_PIXELS))})")
 
@@ -456,20 +361,14 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command")
     build_parser = commands.add_parser("build", help="write the offline plots template (the default command)")
     build_parser.add_argument("--out", type=Path, default=DEFAULT_TEMPLATE)
-    shot = commands.add_parser("screenshot", help="render a plots page headless and check a chart was drawn")
-    shot.add_argument("page", type=Path, help="the index.html that `dvc plots show` wrote")
-    shot.add_argument("png", type=Path, help="where to write the screenshot")
-    shot.add_argument("--window-size", default="1200x900", help="WIDTHxHEIGHT of the browser window")
-    shot.add_argument("--scale", type=float, default=1, help="device pixels per CSS pixel (2: a sharp picture)")
-    shot.add_argument("--crop", action="store_true", help="crop the picture to what the page drew")
-    shot.add_argument("--min-colors", type=int, default=1,
-                      help="how many of DVC's line colours must be drawn (DVC gives each revision one)")
+    render = commands.add_parser("render", help="draw a plot to PNG without a browser, checking its lines")
+    render.add_argument("report", type=Path, help="what `dvc plots show PLOT --json` printed, saved to a file")
+    render.add_argument("png", type=Path, help="where to write the picture")
+    render.add_argument("--scale", type=float, default=1, help="pixels per unit of the spec (2: a sharp picture)")
     args = parser.parse_args(argv)
     try:
-        if args.command == "screenshot":
-            if not args.page.is_file():
-                raise BuildError(f"{args.page} does not exist: did `dvc plots show` find the plot's data?")
-            screenshot_command(args)
+        if args.command == "render":
+            render_command(args)
         else:
             build(getattr(args, "out", DEFAULT_TEMPLATE))
     except BuildError as error:
