@@ -3,8 +3,6 @@
 # parameter is overridden), so every run is cached and recorded like any other DVC run.
 set -uo pipefail
 
-readonly EXIT_OK=0 EXIT_PREREQUISITES=1 EXIT_CORPUS=2 EXIT_TOKENIZER=3 EXIT_TRAINING=4 EXIT_VALIDATION=5
-
 usage() {
   cat <<'EOF'
 Usage: ./scripts/train_pipeline.sh [options]
@@ -35,17 +33,19 @@ Options:
 
 With a parameter option the run is a DVC experiment (`dvc exp run -S key=value`): the workspace
 keeps the new values, and `dvc exp show` lists it.
-
-Exit codes: 0 ok, 1 prerequisites (tools, inputs, bad values), 2 corpus, 3 tokenizer, 4 training,
-5 validation.
 EOF
+  echo
+  echo "Exit codes: $EXIT_CODES_SUMMARY."
 }
 
 fail() { echo "error: $2" >&2; exit "$1"; }
 
 caller_dir=$PWD
-cd "$(dirname "$0")/.." || exit "$EXIT_PREREQUISITES"
+# Before Python is found, 1 (prerequisites) is the only code; then src/exit_codes.py defines them all.
+cd "$(dirname "$0")/.." || exit 1
 [ -x .venv/bin/python ] && PATH="$PWD/.venv/bin:$PATH"
+command -v python >/dev/null || { echo "error: python not found: run 'make setup' first" >&2; exit 1; }
+eval "$(python -m src.exit_codes)" || exit 1
 export DVC_NO_ANALYTICS="${DVC_NO_ANALYTICS:-1}"
 
 overrides=() corpus_args=() start_stage="" resume=0 output_dir="" mirror="" vocab_override=0
@@ -74,7 +74,6 @@ while [ $# -gt 0 ]; do
 done
 
 # --- Prerequisites: everything that can be checked is checked before DVC removes any output ----
-command -v python >/dev/null || fail "$EXIT_PREREQUISITES" "python not found: run 'make setup' first"
 command -v dvc >/dev/null || fail "$EXIT_PREREQUISITES" "dvc not found: run 'make setup' first"
 git rev-parse --git-dir >/dev/null 2>&1 || fail "$EXIT_PREREQUISITES" "not inside a git repository (DVC needs one)"
 [ -f params.yaml ] && [ -f dvc.yaml ] || fail "$EXIT_PREREQUISITES" "params.yaml or dvc.yaml missing in $PWD"
@@ -115,12 +114,7 @@ phase_of() {
     validate) echo "Phase 4/4: Validation" ;; *) echo "$1" ;;
   esac
 }
-code_of() {
-  case "$1" in
-    download) echo "$EXIT_CORPUS" ;; tokenize) echo "$EXIT_TOKENIZER" ;;
-    train|bundle) echo "$EXIT_TRAINING" ;; validate) echo "$EXIT_VALIDATION" ;; *) echo "$EXIT_PREREQUISITES" ;;
-  esac
-}
+code_of() { local code="STAGE_EXIT_$1"; echo "${!code:-$EXIT_PREREQUISITES}"; }
 
 if [ ${#overrides[@]} -gt 0 ]; then
   command=(dvc exp run)
@@ -148,7 +142,12 @@ status=${PIPESTATUS[0]}
 if [ "$status" -ne 0 ]; then
   failed=$(sed -n "s/.*failed to reproduce '\([a-z_]*\)'.*/\1/p" "$log" | head -n 1)
   stage_code=$(sed -n "s/.*failed to reproduce '[a-z_]*'.*exited with \([0-9]*\).*/\1/p" "$log" | head -n 1)
-  if [[ "$stage_code" =~ ^[1-5]$ ]]; then code=$stage_code; else code=$(code_of "$failed"); fi
+  # A documented code passes through; a signal's or DVC's own becomes the failed stage's code.
+  if [[ "$stage_code" =~ ^[0-9]+$ ]] && ((stage_code >= EXIT_PREREQUISITES && stage_code <= EXIT_VALIDATION)); then
+    code=$stage_code
+  else
+    code=$(code_of "$failed")
+  fi
   echo "==> FAILED in $(phase_of "${failed:-dvc}") after $((SECONDS - started)) s (exit $code)" >&2
   # DVC removed the failed stage's outputs before running it: put back the last good ones (dvc.lock).
   [ -n "$failed" ] && python -m src.pipeline.restore "$failed"

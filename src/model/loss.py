@@ -2,8 +2,7 @@
 
 The plain way, ``F.cross_entropy(head(hidden).float(), targets)``, writes the full (N, V) logits in
 fp32, keeps them for backward, and reads them back there: at the default shape (N = 32 x 128 tokens,
-V = 8000) that is 131 MB per step, and on a 2-core CPU the head plus the loss took more time than the
-four transformer blocks together. Here each chunk of rows goes through head -> softmax -> gradient
+V = 8000) that is 131 MB per step, more memory traffic than the four transformer blocks. Here each chunk of rows goes through head -> softmax -> gradient
 while it is still in cache, and only the gradients with respect to the hidden states (N, D) and the
 head weight (V, D) are kept for backward, which just scales them.
 
@@ -16,9 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Rows of logits alive at once (512 x 8000 x 2 B = 8 MB in bf16). Measured here, head + loss forward and backward
-# at the default shape under bf16 autocast, compiled (the default), three alternating rounds: 83-89 ms in
-# 512-row chunks, 96-97 in 256, 90-91 in 1024.
+# Rows of logits alive at once (512 x 8000 x 2 B = 8 MB in bf16): of 256, 512 and 1024, the fastest head + loss
+# at the default shape (docs/PERFORMANCE_HISTORY.md).
 CHUNK_ROWS = 512
 
 
@@ -31,11 +29,9 @@ def softmax_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[
     loss = (top + total.log() - scores.gather(1, targets[:, None])).sum()
     # The gradient, softmax minus the one-hot targets, from the same exponentials. torch.compile keeps one
     # row of them in a per-row buffer (32 KB at V = 8000) and writes the gradient straight in the logits'
-    # dtype, so each score is exponentiated once and no (n, V) fp32 tensor exists. Head + loss forward and
-    # backward, default shape, bf16, alternating processes: compiled 79-82 ms against 85-96 for exp(scores -
-    # logsumexp) in place plus a scatter of -1, which exponentiated every score twice (in logsumexp, then
-    # for the gradient) and wrote the chunk in fp32 before casting it. Eager (train.compile: false), where
-    # every intermediate is a tensor, this form costs more: 142-150 ms against 124-132.
+    # dtype, so each score is exponentiated once and no (n, V) fp32 tensor exists (exp(scores - logsumexp)
+    # plus a scatter of -1 exponentiates every score twice). Eager, where every intermediate is a tensor,
+    # this form costs more than that one; compiled, the default, it costs less.
     probabilities = exps / total
     is_target = torch.arange(scores.shape[1], device=scores.device) == targets[:, None]  # (n, V)
     grad = torch.where(is_target, probabilities - 1, probabilities)

@@ -25,7 +25,7 @@ from src.lib.runtime import bundle
 from src.lib.runtime.model import load_bundle
 from src.model.checkpoint import CheckpointError, file_digest
 from src.model.export import export_for_runtime
-from src.pipeline.stage import ExitCode, missing_input, run_stage, stage_arguments
+from src.pipeline.stage import missing_input, run_stage, stage_arguments
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def main() -> None:
         cfg = load_config(args.params)
         make_bundle(cfg.generation, cfg.validate.budgets)
 
-    run_stage("bundle", body, ExitCode.TRAINING, expected=(BundleInputError, bundle.BundleError))
+    run_stage("bundle", body, expected=(BundleInputError, bundle.BundleError))
 
 
 if __name__ == "__main__":

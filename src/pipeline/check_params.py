@@ -24,7 +24,7 @@ from src import paths
 from src.atomic import write_atomic
 from src.config import PARAMS_FILE, ConfigError, config_from_dict, parse_yaml
 from src.data.fetch import DownloadError, check_mirror
-from src.pipeline.stage import ExitCode, PrerequisiteError, run_stage
+from src.pipeline.stage import PrerequisiteError, run_stage
 
 MARKER = b"params.yaml passed validation (this file never changes, so it never makes another stage run)\n"
 
@@ -73,7 +73,7 @@ def main() -> None:
         if not args.overrides and args.mirror is None:
             write_atomic(paths.PARAMS_CHECKED, MARKER)
 
-    run_stage("check_params", body, ExitCode.PREREQUISITES)
+    run_stage("check_params", body)
 
 
 if __name__ == "__main__":

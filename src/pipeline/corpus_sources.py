@@ -22,7 +22,7 @@ from src.data.fetch import DownloadError, FetchPolicy, fetch_verified, sha256_of
 from src.data.gutenberg import NotTextError, read_book
 from src.data.languages import is_language_code, language_code
 from src.lib.runtime.cli import ArgumentParser
-from src.pipeline.stage import ExitCode, run_stage
+from src.pipeline.stage import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def main() -> None:
         entries = corpus_sources(args.books, load_config(args.params).corpus, args.from_dir.resolve(), Path.cwd())
         print(f"corpus.sources={hydra_value(entries)}")
 
-    run_stage("corpus", body, ExitCode.CORPUS, expected=(DownloadError, NotTextError))
+    run_stage("corpus", body, expected=(DownloadError, NotTextError))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from src.data.fetch import MIRROR_ENV, DownloadError, FetchPolicy, fetch_verifie
 from src.data.gutenberg import Book, NotTextError, read_book
 from src.data.language_profile import build_profile, opening_words
 from src.data.languages import language_code
-from src.pipeline.stage import ExitCode, StageError, require_free_disk, run_stage, stage_arguments
+from src.pipeline.stage import StageError, require_free_disk, run_stage, stage_arguments
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def main() -> None:
         cfg = load_config(args.params)
         download(cfg.corpus, cfg.split, mirror=os.environ.get(MIRROR_ENV))
 
-    run_stage("download", body, ExitCode.CORPUS, expected=(DownloadError, NotTextError))
+    run_stage("download", body, expected=(DownloadError, NotTextError))
 
 
 if __name__ == "__main__":

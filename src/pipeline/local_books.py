@@ -17,7 +17,7 @@ from src import paths
 from src.atomic import write_json
 from src.config import CorpusConfig, load_config
 from src.data.fetch import DownloadError, local_sha256
-from src.pipeline.stage import ExitCode, run_stage, stage_arguments
+from src.pipeline.stage import run_stage, stage_arguments
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def hash_local_books(cfg: CorpusConfig, *, out: Path = paths.LOCAL_BOOKS) -> dic
 
 def main() -> None:
     args = stage_arguments(__doc__)
-    run_stage("local_books", lambda: hash_local_books(load_config(args.params).corpus), ExitCode.CORPUS,
+    run_stage("local_books", lambda: hash_local_books(load_config(args.params).corpus),
               expected=(DownloadError,))
 
 

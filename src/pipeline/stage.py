@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import enum
 import logging
 import os
 import shutil
@@ -14,17 +13,7 @@ from pathlib import Path
 from typing import Callable, NoReturn
 
 from src.config import PARAMS_FILE, ConfigError
-
-
-class ExitCode(enum.IntEnum):
-    OK = 0
-    PREREQUISITES = 1  # bad params, missing inputs, not enough disk
-    CORPUS = 2
-    TOKENIZER = 3
-    TRAINING = 4
-    VALIDATION = 5
-    INTERRUPTED = 130  # Ctrl+C (128 + SIGINT)
-    TERMINATED = 143  # SIGTERM (128 + SIGTERM)
+from src.exit_codes import STAGE_FAILURE, ExitCode
 
 
 class PrerequisiteError(RuntimeError):
@@ -91,14 +80,14 @@ def _restore_hint() -> str | None:
             f"`python -m src.pipeline.restore {stage}` puts back the ones dvc.lock records")
 
 
-def run_stage(name: str, body: Callable[[], None], failure_code: ExitCode,
-              expected: tuple[type[BaseException], ...] = ()) -> NoReturn:
+def run_stage(name: str, body: Callable[[], None], expected: tuple[type[BaseException], ...] = ()) -> NoReturn:
     """Run a stage body and exit with the documented code.
 
     Bad params and missing prerequisites exit 1; the ``expected`` failures and StageError print
-    their message and exit ``failure_code``; anything else prints its traceback too. SIGTERM and
+    their message and exit the stage's code (``STAGE_FAILURE``); anything else prints its traceback too. SIGTERM and
     Ctrl+C unwind the stage (its temporary files are removed) and exit 143 and 130.
     """
+    failure_code = STAGE_FAILURE[name]
     logging.basicConfig(level=logging.INFO, format=f"{name}: %(message)s", stream=sys.stderr)
     signal.signal(signal.SIGTERM, _terminate)
     try:

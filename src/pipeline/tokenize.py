@@ -14,7 +14,7 @@ from src.config import SplitConfig, TokenizerConfig, load_config
 from src.data.corpus import part_text, read_index, split_books
 from src.data.dataset import encode_split, write_token_dataset
 from src.data.tokenizer import TokenizerError, held_out_metrics, train_tokenizer
-from src.pipeline.stage import ExitCode, StageError, missing_input, run_stage, stage_arguments
+from src.pipeline.stage import StageError, missing_input, run_stage, stage_arguments
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def main() -> None:
         cfg = load_config(args.params)
         tokenize(cfg.split, cfg.tokenizer)
 
-    run_stage("tokenize", body, ExitCode.TOKENIZER, expected=(TokenizerError,))
+    run_stage("tokenize", body, expected=(TokenizerError,))
 
 
 if __name__ == "__main__":

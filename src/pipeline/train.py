@@ -24,7 +24,8 @@ from src.config import ModelConfig, TrainConfig, load_config
 from src.data.dataset import TokenDataError
 from src.data.tokenizer import TokenizerError, load_tokenizer
 from src.model.checkpoint import CheckpointError, export_model
-from src.pipeline.stage import ExitCode, PrerequisiteError, missing_input, run_stage, stage_arguments
+from src.exit_codes import ExitCode
+from src.pipeline.stage import PrerequisiteError, missing_input, run_stage, stage_arguments
 from src.training.allocator import keep_freed_memory
 from src.training.distributed import Workers, join, leave, single_process
 from src.training.threads import SharedCores
@@ -147,7 +148,7 @@ def main() -> None:
         finally:
             leave()
 
-    run_stage("train", body, ExitCode.TRAINING, expected=(TrainingDiverged, CheckpointError))
+    run_stage("train", body, expected=(TrainingDiverged, CheckpointError))
 
 
 if __name__ == "__main__":

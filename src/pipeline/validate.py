@@ -21,7 +21,7 @@ from src import paths
 from src.atomic import write_json
 from src.config import ValidateConfig, load_config
 from src.data.language_profile import Profile, nearest_language
-from src.pipeline.stage import ExitCode, StageError, missing_input, run_stage, stage_arguments
+from src.pipeline.stage import StageError, missing_input, run_stage, stage_arguments
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def validate(cfg: ValidateConfig, *, bundle: Path = paths.BUNDLE_DIR, languages_
 
 def main() -> None:
     args = stage_arguments(__doc__)
-    run_stage("validate", lambda: validate(load_config(args.params).validate), ExitCode.VALIDATION)
+    run_stage("validate", lambda: validate(load_config(args.params).validate))
 
 
 if __name__ == "__main__":

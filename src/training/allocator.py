@@ -4,10 +4,9 @@ Every training step allocates and frees the same large buffers (the loss's 512 x
 attention scores, the activations kept for backward). By default glibc's malloc hands such blocks back
 to the kernel when they are freed: blocks above its mmap threshold are unmapped, and free memory at the
 top of the heap beyond its trim threshold is trimmed. The next step then faults the same pages in
-again, each one zero-filled by the kernel. Measured on the default shape (2-core CPU, bf16, compiled):
-17,000 page faults per step in a process that only trains; four alternating pairs of such processes took
-193-223 ms per step with both thresholds raised and 221-249 ms without. The process keeps its peak memory
-instead, which a training process reaches every step anyway.
+again, each one zero-filled by the kernel: thousands of page faults per step at the default shape, a
+step measurably slower (docs/PERFORMANCE_HISTORY.md). The process keeps its peak memory instead, which a
+training process reaches every step anyway.
 """
 
 from __future__ import annotations
