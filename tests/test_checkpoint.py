@@ -74,6 +74,38 @@ def test_the_code_digest_is_the_same_in_every_clone_and_covers_single_files(tmp_
     assert code_digest(*first) != code_digest(*second)
 
 
+MODULE = '''"""Attention."""
+
+SCALE = 2  # the width of a head
+
+
+class Head:
+    """One head."""
+
+    def score(self, query, key):
+        """Dot product, scaled."""
+        return query * key + SCALE
+'''
+
+
+@pytest.mark.parametrize("edit, same", [
+    (("Attention.", "Causal self-attention."), True),
+    (("One head.", "One head of attention."), True),
+    (('"""Dot product, scaled."""', '"""Dot product."""\n        # scaled below'), True),
+    (("# the width of a head", "# how wide a head is"), True),
+    (("SCALE = 2", "SCALE  =  2"), True),
+    (("query * key + SCALE", "query * key - SCALE"), False),
+    (('"""One head."""', "WIDTH = 1"), False),
+])
+def test_the_code_digest_ignores_comments_and_docstrings_not_code(tmp_path, edit, same):
+    module = tmp_path / "attention.py"
+    module.write_text(MODULE)
+    before = code_digest(module)
+    assert MODULE.count(edit[0]) == 1
+    module.write_text(MODULE.replace(*edit))
+    assert (code_digest(module) == before) is same
+
+
 def test_a_byte_changed_inside_a_tensor_is_refused(checkpoint):
     """A flipped byte in the weights still unpickles into a (slightly different) model: the content hash catches it."""
     data = bytearray(checkpoint.read_bytes())

@@ -10,6 +10,7 @@ from a recorded shape within the params' own bounds and whose tensors the file a
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import io
@@ -43,13 +44,27 @@ def file_digest(*paths: Path) -> str:
     return digest.hexdigest()
 
 
+def _code_meaning(file: Path) -> bytes:
+    """What ``file`` says as code: a Python file's syntax tree without docstrings or positions (so comments,
+    docstrings and layout do not count; the dump is that of this Python minor version), any other file's bytes."""
+    if file.suffix != ".py":
+        return file.read_bytes()
+    tree = ast.parse(file.read_bytes(), filename=str(file))
+    for node in ast.walk(tree):
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                and ast.get_docstring(node, clean=False) is not None):
+            node.body = node.body[1:]
+    return ast.dump(tree).encode()
+
+
 def code_digest(*sources: Path) -> str:
-    """Hash of the Python files in ``sources`` (packages or single files): the code version a checkpoint was
-    made with. Files are named relative to their source's parent, so every clone of the code agrees."""
+    """Hash of what the Python files in ``sources`` (packages or single files) say as code: the code version a
+    checkpoint was made with, which an edit of a comment or a docstring keeps. Files are named relative to
+    their source's parent, so every clone of the code agrees."""
     digest = hashlib.sha256()
     for source in map(Path, sources):
         for file in sorted(source.rglob("*.py")) if source.is_dir() else [source]:
-            digest.update(file.relative_to(source.parent).as_posix().encode() + b"\0" + file.read_bytes())
+            digest.update(file.relative_to(source.parent).as_posix().encode() + b"\0" + _code_meaning(file) + b"\0")
     return digest.hexdigest()
 
 
