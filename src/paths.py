@@ -32,3 +32,8 @@ BUNDLE_DIR = Path("dist") / "tinytransformer"
 
 SAMPLES = METRICS / "samples.json"
 VALIDATE_METRICS = METRICS / "validate.json"
+
+
+def not_found(path: Path | str, stage: str) -> str:
+    """The message for an earlier stage's output that is not there."""
+    return f"{path} not found: run `dvc repro {stage}` (or `dvc pull`) first"

@@ -17,6 +17,7 @@ import torch
 from src.atomic import write_atomic, write_json
 from src.data.corpus import BookSplit, part_text
 from src.data.tokenizer import EOS_ID
+from src.paths import not_found
 
 TOKEN_DTYPE = np.uint16
 
@@ -73,7 +74,7 @@ class TokenSplit:
     def __init__(self, directory: Path, name: str):
         path, meta = Path(directory) / f"{name}.bin", Path(directory) / "meta.json"
         if not path.is_file() or not meta.is_file():
-            raise TokenDataError(f"{path if not path.is_file() else meta} not found: run `dvc repro tokenize` first")
+            raise TokenDataError(not_found(path if not path.is_file() else meta, "tokenize"))
         try:
             self.stats = SplitStats.from_dict(json.loads(meta.read_text(encoding="utf-8"))[name])
             self.ids = np.memmap(path, dtype=TOKEN_DTYPE, mode="r") if path.stat().st_size else np.zeros(0, TOKEN_DTYPE)

@@ -16,6 +16,7 @@ import sentencepiece as spm
 
 from src.config import ConfigError, TokenizerConfig
 from src.atomic import write_atomic
+from src.paths import not_found
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 NEWLINE = "\n"
@@ -76,7 +77,7 @@ def train_tokenizer(lines: list[str], cfg: TokenizerConfig, model_file: Path, vo
 def load_tokenizer(model_file: Path) -> spm.SentencePieceProcessor:
     """The sentencepiece model in ``model_file``; TokenizerError when it is missing or not such a model."""
     if not Path(model_file).is_file():
-        raise TokenizerError(f"tokenizer model {model_file} not found: run `dvc repro tokenize` first")
+        raise TokenizerError(not_found(f"tokenizer model {model_file}", "tokenize"))
     try:
         return spm.SentencePieceProcessor(model_file=str(model_file))
     except RuntimeError as exc:

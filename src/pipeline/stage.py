@@ -14,6 +14,7 @@ from typing import Callable, NoReturn
 
 from src.config import PARAMS_FILE, ConfigError
 from src.exit_codes import STAGE_FAILURE, ExitCode
+from src.paths import not_found
 
 
 class PrerequisiteError(RuntimeError):
@@ -30,7 +31,7 @@ class Terminated(BaseException):
 
 def missing_input(path: Path, stage: str) -> PrerequisiteError:
     """The error for an earlier stage's output that is not there."""
-    return PrerequisiteError(f"{path} not found: run `dvc repro {stage}` (or `dvc pull`) first")
+    return PrerequisiteError(not_found(path, stage))
 
 
 def require_free_disk(path: Path, min_free_gb: float) -> None:
