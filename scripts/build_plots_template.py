@@ -16,6 +16,8 @@ request sent to a closed port, so a drawn chart proves the page needed none) and
 
     python scripts/build_plots_template.py                     # = build --out build/plots_template.html
     python scripts/build_plots_template.py render PLOTS.json OUT.png [--scale S]
+
+Run it with the venv's python: `make setup` installs vl-convert-python and the project (src) there.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from importlib import metadata
 from pathlib import Path
 
 import vl_convert
+
+from src.atomic import write_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TEMPLATE = REPO_ROOT / "build" / "plots_template.html"
@@ -129,11 +133,8 @@ def render_template() -> str:
 
 def build(out: Path) -> None:
     page = render_template().encode("utf-8")
-    out.parent.mkdir(parents=True, exist_ok=True)
     # Written whole or not at all: make treats an existing template as up to date.
-    partial = out.with_name(out.name + ".part")
-    partial.write_bytes(page)
-    partial.replace(out)
+    write_atomic(out, page)
     print(f"wrote {out} ({len(page) // 1024} KiB): "
           + ", ".join(f"{name}@{version}" for name, version in library_versions().items()) + " inline")
 
@@ -350,8 +351,7 @@ def render_command(args: argparse.Namespace) -> None:
                                      scale=args.scale)
     image = decode_png(png, str(args.png))
     found = check_chart(image, min_colours=1)
-    args.png.parent.mkdir(parents=True, exist_ok=True)
-    args.png.write_bytes(png)
+    write_atomic(args.png, png)
     print(f"wrote {args.png} ({image.width}x{image.height}; lines drawn in "
           f"{', '.join(found.colours_drawn(MIN_LINE_PIXELS))})")
 

@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 from tqdm import tqdm
 
-from src.atomic import PART_SUFFIX
+from src.atomic import replacing
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +150,8 @@ def fetch_verified(location: str, dest: Path, expected_sha256: str | None, polic
     """
     if expected_sha256 is not None and dest.is_file() and sha256_of(dest) == expected_sha256:
         return False
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(f".{dest.name}.{os.getpid()}{PART_SUFFIX}")
     deadline = _Deadline(policy.max_seconds, label)
-    try:
+    with replacing(dest) as part:
         for attempt in range(policy.retries + 1):
             try:
                 actual = _copy(location, part, policy, label, deadline)
@@ -170,10 +168,7 @@ def fetch_verified(location: str, dest: Path, expected_sha256: str | None, polic
                 f"{label}: sha256 mismatch for {location}\n  expected {expected_sha256}\n  actual   {actual}\n"
                 f"If upstream published a new version on purpose, check its text and set this book's "
                 f"sha256 in params.yaml (corpus.sources) to {actual}.")
-        os.replace(part, dest)
-        return True
-    finally:
-        part.unlink(missing_ok=True)
+    return True
 
 
 def _copy(location: str, part: Path, policy: FetchPolicy, label: str, deadline: _Deadline) -> str:
@@ -183,8 +178,6 @@ def _copy(location: str, part: Path, policy: FetchPolicy, label: str, deadline: 
             digest = _copy_http(location, out, policy, label, deadline)
         else:
             digest = _copy_file(Path(location), out, policy, label, deadline)
-        out.flush()
-        os.fsync(out.fileno())
     return digest
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from src import paths
+from src.atomic import json_bytes
 from src.config import BudgetConfig, GenerationConfig, load_config
 from src.data.tokenizer import TokenizerError, load_tokenizer
 from src.lib.runtime import bundle
@@ -161,20 +162,16 @@ def create_bundle(model: Path, tokenizer: Path, out: Path, inputs: BundleInputs)
     }
     files = {
         bundle.WEIGHTS: weights,
-        bundle.CONFIG: as_json(config),
+        bundle.CONFIG: json_bytes(config),
         bundle.TOKENIZER: Path(tokenizer).read_bytes(),
-        bundle.GENERATION: as_json(asdict(inputs.generation)),
-        bundle.METRICS: as_json(metrics),
-        bundle.PROVENANCE: as_json(provenance),
+        bundle.GENERATION: json_bytes(asdict(inputs.generation)),
+        bundle.METRICS: json_bytes(metrics),
+        bundle.PROVENANCE: json_bytes(provenance),
         bundle.MODEL_CARD: model_card(config, metrics, provenance).encode("utf-8"),
     }
     bundle.write_bundle(out, files)
     load_bundle(out)  # what a device will do first: refuse to ship what it would refuse to load
     return out
-
-
-def as_json(value: Any) -> bytes:
-    return (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def pipeline_inputs(generation: GenerationConfig, budgets: BudgetConfig | None, *, required: bool) -> BundleInputs:
