@@ -21,9 +21,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from src.atomic import remove_leftovers, write_atomic
 from src.config import ModelConfig, TrainConfig
 from src.model.checkpoint import CheckpointError, code_digest, file_digest, load_checkpoint, save_checkpoint, set_aside
+from src.training.distributed import Workers
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,15 @@ def fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_dir: Path
     }
 
 
+def snapshot(epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             scheduler: torch.optim.lr_scheduler.LRScheduler, progress: dict[str, Any], stamp: dict[str, str],
+             config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's content: everything a resumed run needs to continue exactly, and what produced it."""
+    return {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), **progress,
+            "shape": asdict(model.shape), "fingerprint": stamp, "config": config}
+
+
 def epoch_name(epoch: int) -> str:
     return f"epoch_{epoch:04d}.pt"
 
@@ -60,6 +72,31 @@ class RunCheckpoints:
     def __init__(self, directory: Path, stamp: dict[str, str], checkpoint_every: int):
         self.directory, self.stamp, self.checkpoint_every = Path(directory), stamp, checkpoint_every
         self.epochs: dict[str, int] = {}  # file name -> epoch, for the checkpoints of this recipe
+
+    @classmethod
+    def open(cls, directory: Path, stamp: dict[str, str], checkpoint_every: int, workers: Workers,
+             fresh: bool = False) -> RunCheckpoints:
+        """The folder scanned by every worker; the main worker tidies it first, so all find one resume point."""
+        checkpoints = cls(directory, stamp, checkpoint_every)
+        if workers.is_main:
+            checkpoints.scan(tidy=True, fresh=fresh)
+        workers.barrier()
+        if not workers.is_main:
+            checkpoints.scan(tidy=False)
+        return checkpoints
+
+    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any] | None:
+        """Load the resume point into the model, optimizer, scheduler and RNG; return its progress
+        (``training_state`` and ``timings``, as ``snapshot`` took them), or None to start fresh."""
+        resume = self.resume_point()
+        if resume is None:
+            return None
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        torch.set_rng_state(resume["rng"])
+        return {"training_state": resume["training_state"], "timings": resume["timings"]}
 
     def path(self, name: str) -> Path:
         return self.directory / name

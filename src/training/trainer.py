@@ -1,4 +1,4 @@
-"""The training loop: AdamW, warmup + cosine schedule, clipping, per-epoch evaluation and checkpoints.
+"""The training loop: optimizer steps, evaluations every N steps and at each epoch's end, checkpoints after each.
 
 A run repeats bit for bit on one machine (same threads and workers): every kernel it runs is
 deterministic (``deterministic_algorithms``), each epoch's data order comes from its own generator
@@ -29,7 +29,7 @@ from tqdm import tqdm
 from src.config import ModelConfig, TrainConfig
 from src.data.dataset import TokenDataError, TokenSplit
 from src.model.transformer import ModelShape, TinyTransformer
-from src.training.checkpointing import BEST, LAST, RunCheckpoints, fingerprint
+from src.training.checkpointing import BEST, LAST, RunCheckpoints, fingerprint, snapshot
 from src.training.distributed import Workers, single_process
 from src.training.optimizers import make_optimizer
 from src.training.speed_choices import attention_kernel, precision_context, resolve_attention, resolve_precision
@@ -179,49 +179,26 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
     on the main worker.
     """
     train_split, validation_split = TokenSplit(tokens_dir, "train"), TokenSplit(tokens_dir, "validation")
-    length = train_cfg.max_seq_length
-    steps_per_epoch = train_split.batches_per_epoch(length, train_cfg.batch_size)
-    if steps_per_epoch < 1 or len(validation_split) < 2:
-        raise TokenDataError(
-            f"the token data ({len(train_split)} training, {len(validation_split)} validation tokens) cannot fill "
-            f"one batch of batch_size={train_cfg.batch_size} windows of max_seq_length={length} tokens: lower "
-            f"them, or add text to the corpus")
-    if train_cfg.batch_size % workers.world_size:
-        raise ValueError(f"batch_size={train_cfg.batch_size} must split evenly over {workers.world_size} workers")
-    total_steps = steps_per_epoch * train_cfg.epochs
-
+    steps_per_epoch = batches_per_epoch(train_split, validation_split, train_cfg, workers)
     shape = ModelShape.from_config(model_cfg, vocab_size)
     train_cfg, choices = speed_choices(train_cfg, shape, workers)  # the fingerprint keys on what runs
 
     torch.manual_seed(train_cfg.seed)
     model = TinyTransformer(shape).to(workers.device)
     optimizer = make_optimizer(model, train_cfg)
-    scheduler = make_scheduler(optimizer, train_cfg, total_steps)
+    scheduler = make_scheduler(optimizer, train_cfg, steps_per_epoch * train_cfg.epochs)
     stamp = fingerprint(model_cfg, train_cfg, tokens_dir, tokenizer_file)
+    checkpoints = RunCheckpoints.open(checkpoint_dir, stamp, train_cfg.checkpoint_every, workers, fresh)
     state, timings = TrainingState(), []
-
-    # Rank 0 tidies the folder first, so that every worker then finds the same resume point.
-    checkpoints = RunCheckpoints(checkpoint_dir, stamp, train_cfg.checkpoint_every)
-    if workers.is_main:
-        checkpoints.scan(tidy=True, fresh=fresh)
-    workers.barrier()
-    if not workers.is_main:
-        checkpoints.scan(tidy=False)
-    resume = checkpoints.resume_point()
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        torch.set_rng_state(resume["rng"])
-        state, timings = TrainingState(**resume["training_state"]), resume["timings"]
+    progress = checkpoints.restore(model, optimizer, scheduler)
+    if progress is not None:
+        state, timings = TrainingState(**progress["training_state"]), progress["timings"]
         log.info("resuming after epoch %d of %d (step %d)", state.epoch, train_cfg.epochs, state.step)
     resumed_from = state.epoch
 
-    def snapshot() -> dict[str, Any]:
-        return {"epoch": state.epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "timings": timings,
-                "training_state": asdict(state), "shape": asdict(model.shape), "fingerprint": stamp,
-                "config": {"model": asdict(model_cfg), "train": asdict(train_cfg)}}
+    def checkpoint() -> dict[str, Any]:
+        return snapshot(state.epoch, model, optimizer, scheduler, {"training_state": asdict(state), "timings": timings},
+                        stamp, {"model": asdict(model_cfg), "train": asdict(train_cfg)})
 
     def evaluated() -> None:
         if on_evaluation is not None and workers.is_main:
@@ -234,16 +211,30 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
             improved = run_epoch(state, timings, step, train_split, validation_split, model, scheduler, train_cfg,
                                  workers, evaluated)
             if workers.is_main:
-                checkpoints.after_epoch(state.epoch, improved, snapshot)
+                checkpoints.after_epoch(state.epoch, improved, checkpoint)
 
     workers.check_identical(model)
     if workers.is_main:
-        checkpoints.finish(state.epoch, state.best_epoch, snapshot)
+        checkpoints.finish(state.epoch, state.best_epoch, checkpoint)
     workers.barrier()
     environment = {**workers.environment(), "precision": train_cfg.precision, "attention": train_cfg.attention,
                    "compile": train_cfg.compile, **choices}
     return TrainingResult(state, checkpoints.path(LAST), checkpoints.path(BEST), model.num_parameters(), resumed_from,
                           environment, timings)
+
+
+def batches_per_epoch(train_split: TokenSplit, validation_split: TokenSplit, cfg: TrainConfig,
+                      workers: Workers) -> int:
+    """Optimizer steps per epoch; refuses data that cannot fill one batch, or a batch the workers cannot share."""
+    steps = train_split.batches_per_epoch(cfg.max_seq_length, cfg.batch_size)
+    if steps < 1 or len(validation_split) < 2:
+        raise TokenDataError(
+            f"the token data ({len(train_split)} training, {len(validation_split)} validation tokens) cannot fill "
+            f"one batch of batch_size={cfg.batch_size} windows of max_seq_length={cfg.max_seq_length} tokens: "
+            f"lower them, or add text to the corpus")
+    if cfg.batch_size % workers.world_size:
+        raise ValueError(f"batch_size={cfg.batch_size} must split evenly over {workers.world_size} workers")
+    return steps
 
 
 def speed_choices(cfg: TrainConfig, shape: ModelShape, workers: Workers) -> tuple[TrainConfig, dict[str, str]]:
