@@ -63,7 +63,9 @@ def test_time_to_loss_refuses_a_recipe_key_that_is_not_a_training_param(tiny_pip
     assert done.returncode != 0 and "'model.d_model' is not a train.* key" in done.stderr
 
 
-def test_recipes_reads_each_experiments_history_for_steps_and_seconds_to_the_target(tmp_path):
+# Experiments committed before the metrics were grouped by stage hold an ungrouped metrics/train.json.
+@pytest.mark.parametrize("grouped", [True, False])
+def test_recipes_reads_each_experiments_history_for_steps_and_seconds_to_the_target(tmp_path, grouped):
     from bench.recipes import experiments, markdown, summary
 
     repo = tmp_path / "repo"
@@ -71,8 +73,8 @@ def test_recipes_reads_each_experiments_history_for_steps_and_seconds_to_the_tar
     history = [{"step": 50, "seconds": 20.0, "validation_loss": 5.1}, {"step": 100, "seconds": 31.5, "validation_loss": 4.8},
                {"step": 150, "seconds": 43.0, "validation_loss": 4.6}]
     (repo / "metrics/train_history.json").write_text(json.dumps(history))
-    (repo / "metrics/train.json").write_text(json.dumps({"best_validation_loss": 4.6,
-                                                          "environment": {"precision": "bf16"}}))
+    train = {"best_validation_loss": 4.6, "environment": {"precision": "bf16"}}
+    (repo / "metrics/train.json").write_text(json.dumps({"train": train} if grouped else train))
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "-A"], check=True)
@@ -92,3 +94,25 @@ def test_recipes_reads_each_experiments_history_for_steps_and_seconds_to_the_tar
     assert (row["steps_to_target"], row["seconds_to_target"], row["best_loss_in_budget"]) == (100, 31.5, 4.8)
     assert row["train.optimizer"] == "muon" and row["training_seconds"] == 43.0
     assert "| fast | muon | wsd | 0.006 | 30 | 50 | 100 | 31.5 | 4.8 | 4.6 | 43.0 | bf16 |" in markdown([row], 4.84, 40)
+
+
+def test_performance_page_renders_the_benchmarks_json_with_date_and_machine(tiny_pipeline, tmp_path):
+    lines = [json.dumps({"page": {"machine": "Test CPU 9000", "threads": 2, "date": "2026-12-05"}})]
+    for module, *args in (("bench.train_throughput", "--steps", "1", "--warmup", "1", "--rounds", "1", "--json"),
+                          ("bench.inference", "--runs", "1", "--tokens", "8", "--json")):
+        done = run_module(module, tiny_pipeline, *args)
+        assert done.returncode == 0, done.stderr
+        lines.append(done.stdout.strip())
+    saved, page = tmp_path / "results.jsonl", tmp_path / "PERFORMANCE.md"
+    saved.write_text("\n".join(lines) + "\n")
+    done = run_module("bench.performance_page", tiny_pipeline, "--load", str(saved), "--out", str(page))
+    assert done.returncode == 0, done.stderr
+    text = page.read_text()
+    throughput, inference = json.loads(lines[1]), json.loads(lines[2])
+    assert "on 2026-12-05, on Test CPU 9000 (2 threads)" in text
+    assert f"| project | {throughput['project']['ms_per_step']} |" in text
+    assert throughput["attention_choice"] in text and throughput["precision_choice"] in text
+    assert f"| tokens_per_sec | {inference['bundle']['tokens_per_sec']} | {inference['pytorch']['tokens_per_sec']} |" in text
+    assert "## Time to a loss" not in text  # only what was measured
+    refused = run_module("bench.performance_page", tiny_pipeline, "--only", "nope", "--load", str(saved))
+    assert refused.returncode == 2 and "unknown benchmark nope" in refused.stderr
