@@ -5,13 +5,14 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import profile
 
 from src.config import ConfigError
 from src.model.transformer import ModelShape
 from src.training import speed_choices
-from src.training.speed_choices import attention_kernel, resolve_attention, resolve_precision, step_products
+from src.training.speed_choices import (attention_kernel, precision_context, resolve_attention, resolve_precision,
+                                        step_products)
 
 SHAPE = ModelShape(vocab_size=500, n_layers=2, n_heads=2, d_model=32, d_ff=64, context_length=16, dropout=0.0)
 CPU = torch.device("cpu")
@@ -92,3 +93,17 @@ def test_the_kernel_context_runs_that_kernel(kernel, expected):
         F.scaled_dot_product_attention(q, q, q, is_causal=True)
     assert expected in {event.name for event in prof.events()}
     assert SDPBackend.MATH in speed_choices.KERNELS["math"]
+
+
+@pytest.mark.parametrize("precision, upcast", [("bf16", False), ("fp32", True)])
+def test_bf16_precision_keeps_the_math_attention_kernel_in_bf16(precision, upcast):
+    """SDPA's math kernel casts bf16 inputs to fp32 unless bf16 precision allows it not to; the switch is
+    restored afterwards."""
+    before = torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
+    q = torch.randn(2, 2, 8, 4, dtype=torch.bfloat16)
+    with precision_context(precision), sdpa_kernel(SDPBackend.MATH), profile(record_shapes=True) as prof:
+        out = F.scaled_dot_product_attention(q, q, q, is_causal=True)
+    casts = [e for e in prof.events() if e.name == "aten::_to_copy" and e.input_shapes[0] == [2, 2, 8, 4]]
+    assert bool(casts) == upcast
+    assert out.dtype == torch.bfloat16
+    assert torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed() == before

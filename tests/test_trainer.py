@@ -5,16 +5,13 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import profile
 
-from src.data.dataset import BookTokens, SplitStats, TokenDataError, TokenSplit, write_token_dataset
+from src.data.dataset import BookTokens, SplitStats, TokenSplit, write_token_dataset
 from src.model.checkpoint import load_checkpoint, save_checkpoint
 from src.model.transformer import ModelShape, TinyTransformer
 from src.training.optimizers import make_optimizer
 from src.training.schedule import make_scheduler
-from src.training.speed_choices import precision_context
 from src.training.trainer import TrainingDiverged, evaluate, make_train_step
 from tests.conftest import MODEL, TRAIN, VOCAB, run
 
@@ -106,46 +103,6 @@ def test_bits_per_byte_per_language_scores_each_book_with_its_own_tokens_and_byt
     assert result.bits_per_byte == pytest.approx(losses.double().sum().item() / (np.log(2) * 2400), rel=1e-6)
 
 
-def test_a_token_meta_that_does_not_add_up_is_refused(tmp_path):
-    ids = np.arange(100, dtype=np.uint16)
-    write_token_dataset(tmp_path, {"validation": (ids, SplitStats(100, 300, (BookTokens("a", "en", 90, 300),)))})
-    with pytest.raises(TokenDataError, match="does not describe"):
-        TokenSplit(tmp_path, "validation")
-
-
-def test_an_epoch_is_full_batches_of_distinct_windows(tmp_path):
-    ids = np.arange(6000, dtype=np.uint16)  # a window's first id is its position
-    write_token_dataset(tmp_path, {"train": (ids, SplitStats(len(ids), len(ids)))})
-    split = TokenSplit(tmp_path, "train")
-    windows = split.windows_per_epoch(16)
-    assert windows % 16, "the test needs windows left over"
-    left_out = []
-    for epoch in (1, 2):
-        batches = list(split.epoch_batches(16, 16, torch.Generator().manual_seed(epoch)))
-        assert len(batches) == split.batches_per_epoch(16, 16) == windows // 16
-        assert all(x.shape == (16, 16) and torch.equal(x[:, 1:], y[:, :-1]) for x, y in batches)
-        first_ids = torch.cat([x[:, 0] for x, _ in batches]).tolist()
-        offset = first_ids[0] % 16  # every window of an epoch starts at offset + 16 * index
-        used = {(first - offset) // 16 for first in first_ids}
-        assert len(used) == len(first_ids) == windows - windows % 16
-        left_out.append(set(range(windows)) - used)
-    assert left_out[0] != left_out[1]  # another epoch leaves out other windows
-
-
-@pytest.mark.parametrize("precision, upcast", [("bf16", False), ("fp32", True)])
-def test_bf16_precision_keeps_the_math_attention_kernel_in_bf16(precision, upcast):
-    """SDPA's math kernel casts bf16 inputs to fp32 unless bf16 precision allows it not to; the switch is
-    restored afterwards."""
-    before = torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()
-    q = torch.randn(2, 2, 8, 4, dtype=torch.bfloat16)
-    with precision_context(precision), sdpa_kernel(SDPBackend.MATH), profile(record_shapes=True) as prof:
-        out = F.scaled_dot_product_attention(q, q, q, is_causal=True)
-    casts = [e for e in prof.events() if e.name == "aten::_to_copy" and e.input_shapes[0] == [2, 2, 8, 4]]
-    assert bool(casts) == upcast
-    assert out.dtype == torch.bfloat16
-    assert torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed() == before
-
-
 def attention_kernels(run_step) -> set[str]:
     """The SDPA kernels, by their ATen names, that ``run_step()`` calls."""
     with profile() as prof:
@@ -186,15 +143,3 @@ def test_evaluation_every_n_steps_adds_rows_and_hands_the_history_over_each_time
     assert result.state.best_epoch in (1, 2, 3)
 
 
-def test_muon_trains_the_hidden_matrices_and_adamw_the_rest(synthetic_tokens, tmp_path):
-    model = TinyTransformer(ModelShape.from_config(MODEL, VOCAB))
-    optimizer = make_optimizer(model, dataclasses.replace(TRAIN, optimizer="muon"))
-    muon, adamw = optimizer.parts["muon"], optimizer.parts["adamw"]
-    names = {id(p): name for name, p in model.named_parameters()}
-    assert sorted(names[id(p)] for g in muon.param_groups for p in g["params"]) == sorted(
-        name for name, p in model.named_parameters() if name.startswith("blocks.") and p.dim() == 2)
-    assert "embed.weight" in {names[id(p)] for g in adamw.param_groups for p in g["params"]}
-    assert optimizer.param_groups == [*muon.param_groups, *adamw.param_groups]  # one scheduler drives both
-    result = run(synthetic_tokens, tmp_path / "ckpt", dataclasses.replace(TRAIN, optimizer="muon"))
-    history = result.state.history
-    assert history[-1]["validation_loss"] < history[0]["validation_loss"] < np.log(VOCAB)
