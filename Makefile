@@ -16,11 +16,11 @@ PLOTS_TEMPLATE := build/plots_template.html
 
 setup: $(VENV)/.installed $(PLOTS_TEMPLATE)
 
-# The project, editable, with the pins of requirements.txt (pyproject.toml reads them): the `tinytransformer`
-# command runs this checkout's code.
-$(VENV)/.installed: requirements.txt pyproject.toml
+# The project, editable, with the pins of requirements.txt and the test extra's of requirements-test.txt
+# (pyproject.toml reads both): the `tinytransformer` command runs this checkout's code.
+$(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --editable .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --editable '.[test]'
 	@touch $@
 
 # A new vl-convert-python pin (requirements.txt, so .installed) brings new library versions.

