@@ -51,6 +51,7 @@ def summary(name: str, rev: str, params: dict, target: float, budget_s: float) -
     history, train = committed_json(rev, "metrics/train_history.json"), committed_json(rev, "metrics/train.json")
     if not history or not train or "seconds" not in history[0]:
         return None  # an experiment of a version without per-step history
+    train = train.get("train", train)  # versions before the metrics were grouped by stage wrote them ungrouped
     reached = next((row for row in history if row["validation_loss"] <= target), None)
     in_budget = [row["validation_loss"] for row in history if row["seconds"] <= budget_s]
     return {"experiment": name, "commit": rev[:8], **{key: lookup(params, key) for key in RECIPE_KEYS},

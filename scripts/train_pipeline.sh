@@ -164,14 +164,14 @@ python - "$((SECONDS - started))" "${output_dir:-data}" <<'EOF'
 import json, sys
 from pathlib import Path
 seconds, artifacts = sys.argv[1], sys.argv[2]
-train = json.loads(Path("metrics/train.json").read_text())
-speed = json.loads(Path("metrics/train_speed.json").read_text())
+train = json.loads(Path("metrics/train.json").read_text())["train"]
+speed = json.loads(Path("metrics/train_speed.json").read_text())["train_speed"]
 validate = json.loads(Path("metrics/validate.json").read_text())
 print("==> Summary")
 print(f"  epochs {train['epochs']}, final train loss {train['final_train_loss']:.4f}, "
       f"final validation loss {train['final_validation_loss']:.4f}, best {train['best_validation_loss']:.4f} "
       f"(epoch {train['best_epoch']}), {train['best_validation_bits_per_byte']:.3f} bits/byte")
-print(f"  training time {speed['total_training_time']:.0f} s ({speed['tokens_per_sec']:.0f} tokens/s); "
+print(f"  training time {speed['seconds']:.0f} s ({speed['tokens_per_sec']:.0f} tokens/s); "
       f"this run {seconds} s")
 for name, budget in validate["budgets"].items():
     print(f"  budget {name}: {budget['value']:g} <= {budget['limit']:g} {'ok' if budget['passed'] else 'FAILED'}")

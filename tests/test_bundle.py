@@ -23,7 +23,7 @@ def test_the_stage_writes_a_verified_self_describing_bundle(tiny_pipeline):
     assert json.loads((out / bundle.GENERATION).read_text()) == {"temperature": 0.8, "top_k": 40, "top_p": 0.95}
 
     metrics = json.loads((out / bundle.METRICS).read_text())
-    train = json.loads((tiny_pipeline / "metrics/train.json").read_text())
+    train = json.loads((tiny_pipeline / "metrics/train.json").read_text())["train"]
     assert metrics["validation_loss"] == train["best_validation_loss"]
     assert set(metrics["tokenizer"]) == {"en", "es"} and metrics["budgets"]["rss_mb"] == 64
 

@@ -50,7 +50,7 @@ def test_download_builds_a_corpus_of_local_and_http_books_in_three_languages(wor
     assert sources[2]["licence"] == "" and sources[0]["licence"].startswith("*** END")
     corpus = (workdir / "data/corpus.txt").read_text()
     assert FRENCH.read_text().strip() in corpus and "*** START OF" not in corpus and "*** END OF" not in corpus
-    metrics = json.loads((workdir / "metrics/corpus.json").read_text())
+    metrics = json.loads((workdir / "metrics/corpus.json").read_text())["corpus"]
     assert sorted(metrics["languages"]) == ["en", "es", "fr"]
 
 
@@ -149,8 +149,8 @@ def test_three_languages_through_dvc_repro_and_an_edited_local_book_reruns_from_
 
     first = tiny_repo.dvc("repro", check=False)  # validate may judge a 2-epoch model's samples either way
     assert stages_run(first.stdout)[-1] == "validate", first.stdout + first.stderr
-    tokenizer = json.loads((repo / "metrics/tokenizer.json").read_text())
-    train = json.loads((repo / "metrics/train.json").read_text())
+    tokenizer = json.loads((repo / "metrics/tokenizer.json").read_text())["tokenizer"]
+    train = json.loads((repo / "metrics/train.json").read_text())["train"]
     history = json.loads((repo / "data/training_metrics.json").read_text())["history"]
     samples = json.loads((repo / "metrics/samples.json").read_text())
     validate = json.loads((repo / "metrics/validate.json").read_text())

@@ -2,6 +2,7 @@
 
 import ast
 import importlib
+import json
 
 import pytest
 import yaml
@@ -36,6 +37,10 @@ OUTS = {
 }
 METRICS = {"check_params": [], "local_books": [], "download": [paths.CORPUS_METRICS], "tokenize": [paths.TOKENIZER_METRICS],
            "train": [paths.TRAIN_METRICS, paths.TRAIN_SPEED], "bundle": [], "validate": [paths.VALIDATE_METRICS]}
+# The one top-level key each metrics file of the pipeline holds its figures under, the group `dvc exp show` lists
+# them in (train.epochs, train_speed.seconds, ...).
+GROUPS = {paths.CORPUS_METRICS: "corpus", paths.TOKENIZER_METRICS: "tokenizer", paths.TRAIN_METRICS: "train",
+          paths.TRAIN_SPEED: "train_speed"}
 
 
 def test_every_stage_is_checked():
@@ -92,3 +97,29 @@ def test_outs_and_metrics_are_the_paths_the_code_writes(stage):
     assert [o if isinstance(o, str) else next(iter(o)) for o in spec["outs"]] == [str(p) for p in OUTS[stage]]
     assert [next(iter(m)) for m in spec.get("metrics", [])] == [str(p) for p in METRICS[stage]]
     assert all(next(iter(m.values()))["cache"] is False for m in spec.get("metrics", []))
+
+
+def flat_names(value, prefix: str = "") -> list[str]:
+    """The names `dvc exp show` gives the values of a params or metrics file: keys joined by dots, a list one value."""
+    if not isinstance(value, dict):
+        return [prefix]
+    return [name for key, child in value.items() for name in flat_names(child, f"{prefix}.{key}" if prefix else key)]
+
+
+@pytest.mark.parametrize("path", GROUPS, ids=str)
+def test_a_stage_writes_its_metrics_under_its_group(tiny_pipeline, path):
+    assert list(json.loads((tiny_pipeline / path).read_text())) == [GROUPS[path]]
+
+
+def test_no_metric_is_named_as_a_param_or_as_another_metric(tiny_pipeline):
+    """`dvc exp show` prefixes a column with its file's name where two files share the name: every figure keeps
+    its plain name when no metric has a param's name and no two metrics share one."""
+    params = set(flat_names(yaml.safe_load((REPO_ROOT / "params.yaml").read_text())))
+    seen: dict[str, str] = {}
+    for path in (path for stage in METRICS.values() for path in stage):
+        written = tiny_pipeline / path
+        source = written if written.is_file() else REPO_ROOT / path  # the tiny pipeline stops before validate
+        for name in flat_names(json.loads(source.read_text())):
+            assert name not in params, f"{path}: {name} is also a param"
+            assert name not in seen, f"{name} is in both {seen[name]} and {path}"
+            seen[name] = str(path)

@@ -13,7 +13,7 @@ def test_dvc_repro_builds_the_data_stages_and_reruns_only_what_changed(project_r
     for out in ("data/raw/pg1342.txt", "data/raw/pg11.txt", "data/raw/pg2000.txt", "data/corpus.txt",
                 "data/corpus_index.json", "data/tokenizer.model", "data/tokenizer.vocab"):
         assert (repo / out).is_file(), out
-    assert json.loads((repo / "metrics/tokenizer.json").read_text())["vocab_size"] == 1500
+    assert json.loads((repo / "metrics/tokenizer.json").read_text())["tokenizer"]["vocab_size"] == 1500
     shown = json.loads(project_repo.dvc("metrics", "show", "--json").stdout)
     assert "metrics/corpus.json" in json.dumps(shown) and "metrics/tokenizer.json" in json.dumps(shown)
     requests = len(book_server.requests)
@@ -28,6 +28,6 @@ def test_dvc_repro_builds_the_data_stages_and_reruns_only_what_changed(project_r
     changed = project_repo.dvc("repro", "download", "tokenize")
     assert "Stage 'download' didn't change, skipping" in changed.stdout
     assert "Running stage 'tokenize'" in changed.stdout
-    assert json.loads((repo / "metrics/tokenizer.json").read_text())["vocab_size"] == 1200
+    assert json.loads((repo / "metrics/tokenizer.json").read_text())["tokenizer"]["vocab_size"] == 1200
     assert len(book_server.requests) == requests  # the books were not fetched again
     assert "up to date" in project_repo.dvc("status", "tokenize").stdout

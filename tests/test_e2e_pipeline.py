@@ -47,7 +47,7 @@ def test_dvc_repro_runs_every_stage_and_an_epochs_change_reruns_only_train_bundl
     assert "Stage 'download' didn't change" in changed.stdout and "Stage 'tokenize' didn't change" in changed.stdout
     assert "Running stage 'train'" in changed.stdout and "Running stage 'validate'" in changed.stdout
     assert "Running stage 'bundle'" in changed.stdout
-    assert json.loads((repo / "metrics/train.json").read_text())["epochs"] == 3
+    assert json.loads((repo / "metrics/train.json").read_text())["train"]["epochs"] == 3
     assert tiny_repo.up_to_date()
 
 

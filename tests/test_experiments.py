@@ -32,21 +32,21 @@ def test_exp_run_set_param_show_diff_apply_and_branch(tiny_repo):
     tiny_repo.run("git", "add", "-A")
     tiny_repo.run("git", "commit", "-qm", "baseline run")
     repo = tiny_repo.path
-    baseline = json.loads((repo / "metrics/train.json").read_text())
+    baseline = json.loads((repo / "metrics/train.json").read_text())["train"]
 
     run = tiny_repo.dvc("exp", "run", "-S", "epochs=3", "-n", "three-epochs")
     assert "Stage 'download' didn't change" in run.stdout and "Stage 'tokenize' didn't change" in run.stdout
     assert "Running stage 'train'" in run.stdout and "Running stage 'validate'" in run.stdout
     shown = experiments(tiny_repo)["three-epochs"]
     assert shown["params"]["epochs"] == 3
-    assert shown["metrics"]["metrics/train.json"]["epochs"] == 3
+    assert shown["metrics"]["metrics/train.json"]["train"]["epochs"] == 3
     assert "latency_p95_ms" in shown["metrics"]["metrics/validate.json"]
 
     diff = tiny_repo.dvc("metrics", "diff", "HEAD", "three-epochs", "--json").stdout
     changes = json.loads(diff)
     train_change = changes["metrics/train.json"]
-    assert train_change["epochs"] == {"old": baseline["epochs"], "new": 3, "diff": 3 - baseline["epochs"]}
-    assert "best_validation_loss" in train_change
+    assert train_change["train.epochs"] == {"old": baseline["epochs"], "new": 3, "diff": 3 - baseline["epochs"]}
+    assert "train.best_validation_loss" in train_change
     table = tiny_repo.dvc("metrics", "diff", "HEAD", "three-epochs", "--md").stdout
     assert table.startswith("| Path") and "best_validation_loss" in table
     assert "budgets.rss_mb.value" in tiny_repo.dvc("metrics", "show", "--md").stdout
@@ -55,7 +55,7 @@ def test_exp_run_set_param_show_diff_apply_and_branch(tiny_repo):
     tiny_repo.dvc("checkout")
     tiny_repo.dvc("exp", "apply", "three-epochs")
     assert "epochs: 3" in (repo / "params.yaml").read_text()
-    assert json.loads((repo / "metrics/train.json").read_text())["epochs"] == 3
+    assert json.loads((repo / "metrics/train.json").read_text())["train"]["epochs"] == 3
     tiny_repo.dvc("exp", "branch", "three-epochs", "three-epochs-branch")
     assert "three-epochs-branch" in tiny_repo.run("git", "branch", "--list").stdout
 
@@ -78,4 +78,4 @@ def test_a_queued_experiment_runs_with_queue_start(tiny_repo):
     done = experiments(tiny_repo)["low-lr"]
     assert done["state"] not in ("failed", "queued", "running"), tiny_repo.dvc("queue", "logs", "low-lr", check=False).stdout
     assert done["params"]["learning_rate"] == 0.001
-    assert done["metrics"]["metrics/train.json"]["best_validation_loss"] > 0
+    assert done["metrics"]["metrics/train.json"]["train"]["best_validation_loss"] > 0

@@ -76,7 +76,7 @@ def assert_same_training(repo: ProjectRepo, reference: ProjectRepo) -> None:
     for name in ("data/best_model.pt", "data/final_model.pt", "data/checkpoints/last.pt", "data/checkpoints/best.pt"):
         mine, theirs = weights(repo.path / name), weights(reference.path / name)
         assert all(torch.equal(mine[key], theirs[key]) for key in theirs), name
-    summary = json.loads((repo.path / "metrics/train.json").read_text())
+    summary = json.loads((repo.path / "metrics/train.json").read_text())["train"]
     final = torch.load(repo.path / "data/final_model.pt", weights_only=True)
     best = torch.load(repo.path / "data/best_model.pt", weights_only=True)
     assert final["epoch"] == summary["epochs"] and best["epoch"] == summary["best_epoch"]
@@ -108,7 +108,7 @@ def test_a_bad_param_stops_dvc_repro_before_any_stage_loses_its_outputs(repo):
 def test_a_learning_rate_below_1e_4_can_be_set_as_dvc_writes_it(repo):
     done = repo.dvc("exp", "run", "-S", "learning_rate=0.00005", "train")
     assert "learning_rate: 5e-05" in (repo.path / "params.yaml").read_text(), done.stdout
-    assert json.loads((repo.path / "metrics/train.json").read_text())["epochs"] == FAULT_PARAMS["epochs"]
+    assert json.loads((repo.path / "metrics/train.json").read_text())["train"]["epochs"] == FAULT_PARAMS["epochs"]
 
 
 def test_a_key_added_by_exp_run_is_named_with_how_to_remove_it(repo):

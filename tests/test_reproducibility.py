@@ -53,7 +53,7 @@ def train_afresh(workdir: Path, cache: Path, env: dict | None = None):
 def outcome(workdir: Path):
     """The figures, the weights, and the exported models' bytes (the checkpoints also hold timings)."""
     history = json.loads((workdir / "metrics/train_history.json").read_text())
-    return (json.loads((workdir / "metrics/train.json").read_text()),
+    return (json.loads((workdir / "metrics/train.json").read_text())["train"],
             [{key: value for key, value in row.items() if key != "seconds"} for row in history],  # seconds: timings
             {name: weights_sha256(workdir / name) for name in MODELS},
             {name: hashlib.sha256((workdir / name).read_bytes()).hexdigest() for name in EXPORTS})

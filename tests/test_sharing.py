@@ -243,7 +243,7 @@ def test_an_experiment_pushed_by_one_clone_is_pulled_listed_and_applied_by_anoth
     # the validate stage's language check, depending on the numerics (it did when RoPE became element-wise).
     tiny_repo.dvc("exp", "run", "-S", "epochs=3", "-n", "tiny-exp")
     train_metrics = json.loads((tiny_repo.path / "metrics/train.json").read_text())
-    assert train_metrics["epochs"] == 3
+    assert train_metrics["train"]["epochs"] == 3
     results = sha256_files(tiny_repo.path, "data", "metrics", "dist")
     for name in KEY_ARTIFACTS:
         assert name in results, name

@@ -25,7 +25,7 @@ def test_download_then_tokenize_from_the_loopback_server(workdir, book_server):
     corpus = (workdir / "data/corpus.txt").read_text(encoding="utf-8")
     assert "It is a truth universally acknowledged" in corpus and "En un lugar de la Mancha" in corpus
     assert "PROJECT GUTENBERG" not in corpus.upper() and "\r" not in corpus
-    metrics = json.loads((workdir / "metrics/corpus.json").read_text())
+    metrics = json.loads((workdir / "metrics/corpus.json").read_text())["corpus"]
     assert metrics["bytes"] == len(corpus.encode()) and metrics["characters"] == len(corpus)
     assert set(metrics["books"]) == {"pride_and_prejudice", "alice_in_wonderland", "don_quijote"}
     assert 0.25 < metrics["languages"]["en"]["share"] < 0.35
@@ -34,7 +34,7 @@ def test_download_then_tokenize_from_the_loopback_server(workdir, book_server):
     done = run_module("src.pipeline.tokenize", workdir)
     assert done.returncode == 0, done.stderr
     assert (workdir / "data/tokenizer.model").is_file() and (workdir / "data/tokenizer.vocab").is_file()
-    tokenizer = json.loads((workdir / "metrics/tokenizer.json").read_text())
+    tokenizer = json.loads((workdir / "metrics/tokenizer.json").read_text())["tokenizer"]
     assert tokenizer["vocab_size"] == 2000
     assert set(tokenizer["held_out"]) == {"en", "es"}
 

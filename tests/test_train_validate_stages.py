@@ -11,15 +11,15 @@ from tests.conftest import TINY_PARAMS, poison_epoch_1, run_module, write_params
 
 
 def test_train_writes_the_models_and_metrics(tiny_pipeline):
-    train = json.loads((tiny_pipeline / paths.TRAIN_METRICS).read_text())
+    train = json.loads((tiny_pipeline / paths.TRAIN_METRICS).read_text())["train"]
     assert train["epochs"] == TINY_PARAMS["epochs"]
     assert train["best_validation_loss"] <= train["final_validation_loss"] < 7
     for key in ("final_train_loss", "best_validation_bits_per_byte"):
         assert train[key] > 0, key
     assert set(train["environment"]) == {"device", "threads", "workers", "torch", "precision", "attention",
                                          "compile", "precision_choice", "attention_choice"}
-    speed = json.loads((tiny_pipeline / paths.TRAIN_SPEED).read_text())
-    assert speed["total_training_time"] > 0 and speed["tokens_per_sec"] > 0
+    speed = json.loads((tiny_pipeline / paths.TRAIN_SPEED).read_text())["train_speed"]
+    assert speed["seconds"] > 0 and speed["tokens_per_sec"] > 0
     seed_shape = json.loads((tiny_pipeline / paths.TRAINING_METRICS).read_text())
     assert len(seed_shape["history"]) == TINY_PARAMS["epochs"]
     assert {"train_loss", "validation_loss"} <= set(seed_shape["history"][0])

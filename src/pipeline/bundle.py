@@ -188,8 +188,9 @@ def pipeline_inputs(generation: GenerationConfig, budgets: BudgetConfig | None, 
             raise missing_input(path, stage)
     inputs = (paths.BEST_MODEL, paths.TOKENIZER_MODEL, *(path for path, _ in files.values()))
     recorded = {str(path): md5_of(path) for path in inputs if path.is_file()}
-    return BundleInputs(generation, budgets, found.get("train_metrics", {}), found.get("tokenizer_metrics", {}),
-                        found.get("sources", {}).get("books", []), recorded)
+    return BundleInputs(generation, budgets, train_metrics=found.get("train_metrics", {}).get("train", {}),
+                        tokenizer_metrics=found.get("tokenizer_metrics", {}).get("tokenizer", {}),
+                        sources=found.get("sources", {}).get("books", []), recorded=recorded)
 
 
 def make_bundle(generation: GenerationConfig, budgets: BudgetConfig) -> Path:

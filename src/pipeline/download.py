@@ -63,7 +63,7 @@ def download(cfg: CorpusConfig, split: SplitConfig, *, mirror: str | None, raw_d
         {"name": source.name, "title": book.title, "author": book.author, "url": source.url, "sha256": sha256,
          "language": span.language, "share": metrics["books"][source.name]["share"], "licence": book.licence}
         for source, book, span, sha256 in zip(cfg.sources, cleaned, spans, hashes)]})
-    write_json(metrics_file, metrics)
+    write_json(metrics_file, {"corpus": metrics})  # one group per stage in `dvc exp show`: corpus.*
     log.info("corpus: %d bytes, %d characters, languages %s", metrics["bytes"], metrics["characters"],
              {lang: round(v["share"], 3) for lang, v in metrics["languages"].items()})
     return metrics

@@ -41,7 +41,7 @@ def tokenize(split_cfg: SplitConfig, cfg: TokenizerConfig, *, corpus_file: Path 
                                      for part in ("train", "validation")})
     metrics = {"vocab_size": processor.get_piece_size(),
                "held_out": held_out_metrics(processor, held_out)}
-    write_json(metrics_file, metrics)
+    write_json(metrics_file, {"tokenizer": metrics})  # one group per stage in `dvc exp show`: tokenizer.*
     log.info("%s tokenizer, %d pieces: %s", cfg.model_type, metrics["vocab_size"],
              {lang: m["tokens_per_character"] for lang, m in metrics["held_out"].items()})
     return metrics

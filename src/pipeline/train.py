@@ -66,8 +66,9 @@ def run_train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, fresh: bool = F
 def write_outputs(result: TrainingResult) -> None:
     """Best and final models beside the checkpoints, and the metrics DVC and the seed's tools read.
 
-    metrics/train.json holds what the run computed and what it ran on: two runs of one commit on one
-    machine write it identically. How long they took goes to metrics/train_speed.json.
+    metrics/train.json holds what the run computed and what it ran on (``train.*`` in `dvc exp show`): two runs
+    of one commit on one machine write it identically. How long they took goes to metrics/train_speed.json
+    (``train_speed.*``). data/training_metrics.json keeps the seed's form.
     """
     export_model(result.best_checkpoint, paths.BEST_MODEL)
     export_model(result.last_checkpoint, paths.FINAL_MODEL)
@@ -89,13 +90,15 @@ def write_outputs(result: TrainingResult) -> None:
         "best_bits_per_byte_by_language": best["validation_bits_per_byte_by_language"],
         "parameters": result.parameters,
     }
-    speed = {"total_training_time": total_seconds, "tokens_per_sec": tokens_per_sec}
+    speed = {"seconds": total_seconds, "tokens_per_sec": tokens_per_sec}
     rows = history_with_seconds(history, result.timings)
     write_json(paths.TRAINING_METRICS, {"history": [{**row, "tokens_per_sec": t["tokens_per_sec"]}
                                                     for row, t in zip(rows, result.timings)],
-                                        "final_metrics": {**results, **speed}, "environment": result.environment})
-    write_json(paths.TRAIN_METRICS, {**rounded(results), "environment": result.environment})
-    write_json(paths.TRAIN_SPEED, rounded(speed))
+                                        "final_metrics": {**results, "total_training_time": total_seconds,
+                                                          "tokens_per_sec": tokens_per_sec},
+                                        "environment": result.environment})
+    write_json(paths.TRAIN_METRICS, {"train": {**rounded(results), "environment": result.environment}})
+    write_json(paths.TRAIN_SPEED, {"train_speed": rounded(speed)})
     write_plot(rows)
     log.info("done: %d epochs, best validation loss %.4f (epoch %d), final %.4f, %.0f s, %.0f tokens/s",
              state.epoch, state.best_validation_loss, state.best_epoch, last["validation_loss"],
