@@ -316,13 +316,18 @@ class BudgetConfig:
 class ValidateConfig:
     # A prompt per language code; a corpus language without one gets the opening words of its held-out text.
     prompts: dict[str, str] = param("validate.prompts", _prompts_rule)
+    # Samples continuing each language's prompt, each with its own seed derived from ``seed``: the quality
+    # verdict is on their mean, so it does not turn on one sample's luck.
+    samples_per_language: int = number("validate.samples_per_language", int, 1, 100)
     sample_tokens: int = number("validate.sample_tokens", int, 1, 4096)
     temperature: float = number("validate.temperature", float, 0, 10)
     top_k: int = number("validate.top_k", int, 0, 65536)
     warmup_tokens: int = number("validate.warmup_tokens", int, 0, 1024)
+    # Limits on a language's mean over its samples:
     max_repetition: float = number("validate.max_repetition", float, 0, 1)
     max_unknown_share: float = number("validate.max_unknown_share", float, 0, 1)
     max_whitespace_share: float = number("validate.max_whitespace_share", float, 0, 1)
+    min_language_share: float = number("validate.min_language_share", float, 0, 1)  # samples read as the language
     seed: int = seed_field()
     budgets: BudgetConfig = subsection("validate.budgets", BudgetConfig)
 

@@ -126,6 +126,11 @@ def test_a_damaged_tokenizer_is_a_clear_error(tiny_copy, damage):
     (["--max_tokens", str(MAX_TOKENS + 1)], f"--max_tokens must be between 1 and {MAX_TOKENS}"),
     (["--temperature", "nan"], "--temperature must be in [0, 10]"),
     (["--top_p", "inf"], "--top_p must be in (0, 1]"),
+    (["--repetition_penalty", "0.5"], "--repetition_penalty must be in [1, 10] (1 = off), got 0.5"),
+    (["--repetition_penalty", "11"], "--repetition_penalty must be in [1, 10]"),
+    (["--repetition_penalty", "nan"], "--repetition_penalty must be in [1, 10]"),
+    (["--stop", "\n", "--stop", ""], "--stop must not be empty"),
+    (["--stop"], "argument --stop: expected one argument"),
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
 ])
 def test_bad_numbers_and_options_exit_1_with_one_line(tiny_pipeline, args, message):
@@ -175,10 +180,16 @@ def test_plain_output_streams_and_ctrl_c_keeps_what_was_generated(tiny_pipeline)
 
 def test_the_streamed_text_is_the_text_json_reports(tiny_pipeline):
     args = ["--prompt", "En un lugar de la Mancha", "--max_tokens", "40", "--ignore_eos", "--seed", "7",
-            "--temperature", "1.5", "--top_k", "0", "--top_p", "1"]
+            "--temperature", "1.5", "--top_k", "0", "--top_p", "1", "--repetition_penalty", "1.3"]
     plain, as_json = generate(tiny_pipeline, *args), generate(tiny_pipeline, *args, "--json")
     assert plain.returncode == as_json.returncode == 0
+    whole = json.loads(as_json.stdout)["text"]
+    assert plain.stdout == "En un lugar de la Mancha" + whole + "\n"
+    stop = whole[12:15]
+    plain, as_json = (generate(tiny_pipeline, *args, "--stop", stop, *extra) for extra in ([], ["--json"]))
+    assert plain.returncode == as_json.returncode == 0 and stop not in plain.stdout[len("En un lugar de la Mancha"):]
     assert plain.stdout == "En un lugar de la Mancha" + json.loads(as_json.stdout)["text"] + "\n"
+    assert json.loads(as_json.stdout)["text"] == whole[:whole.index(stop)]
 
 
 def test_strict_mode_enforces_the_budgets_of_the_bundle_or_of_the_params(tiny_copy):
@@ -207,14 +218,15 @@ NUMBERS = st.one_of(st.integers(), st.floats(), st.text(max_size=6)).map(str)
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(prompt=st.one_of(st.text(max_size=30), st.just("\udcff\udcfe"), st.just("")),
        options=st.dictionaries(st.sampled_from(["--temperature", "--top_k", "--top_p", "--seed", "--threads",
-                                                "--warmup_tokens"]), NUMBERS, max_size=4),
+                                                "--warmup_tokens", "--repetition_penalty"]), NUMBERS, max_size=4),
+       stops=st.lists(st.one_of(st.text(max_size=3), st.just("\udcff")), max_size=2),
        max_tokens=st.one_of(st.integers(max_value=20), st.integers(min_value=MAX_TOKENS + 1),
                             st.text(max_size=6)).map(str),
        safety_mode=st.sampled_from(["off", "strict", "paranoid"]),
        flags=st.sets(st.sampled_from(["--json", "--ignore_eos"])),
        source=st.sampled_from(["bundle", "checkpoint"]))
 def test_any_option_values_exit_with_a_documented_code_and_one_line_never_a_traceback(
-        tiny_pipeline, prompt, options, max_tokens, safety_mode, flags, source):
+        tiny_pipeline, prompt, options, stops, max_tokens, safety_mode, flags, source):
     """In-process, so that many inputs run in seconds (generation is kept to at most 20 tokens)."""
     model = (["--bundle", str(tiny_pipeline / "dist/tinytransformer")] if source == "bundle" else
              ["--model", str(tiny_pipeline / "data/best_model.pt"), "--tokenizer",
@@ -223,6 +235,8 @@ def test_any_option_values_exit_with_a_documented_code_and_one_line_never_a_trac
             "--max_tokens", max_tokens, "--safety-mode", safety_mode, *sorted(flags)]
     for option, value in options.items():
         argv += [option, value]
+    for stop in stops:
+        argv += ["--stop", stop]
     stdout, stderr, threads = io.StringIO(), io.StringIO(), torch.get_num_threads()
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):

@@ -19,7 +19,7 @@ from src.config import GenerationConfig
 from src.inference.generate import TorchDecoder
 from src.lib.runtime import bundle
 from src.lib.runtime.model import load_bundle
-from src.lib.runtime.sampling import GenerationTimes, Sampling, generate, next_token
+from src.lib.runtime.sampling import Sampling, generate
 from src.model.checkpoint import load_model
 from src.pipeline.bundle import BundleInputs, create_bundle
 from tests.conftest import REPO_ROOT
@@ -82,42 +82,12 @@ def test_generation_imports_no_pytorch_and_only_what_requirements_runtime_lists(
     assert answer["runtime"] == "bundle" and answer["metrics"]["new_tokens"] == 20
     imported = ast.literal_eval(done.stderr.strip().splitlines()[-1])  # the list printed at exit
     owners = importlib.metadata.packages_distributions()
-    distributions = {owner.lower() for module in imported for owner in owners.get(module, [])}
+    # The project's own package, src, is a distribution too once `make setup` installs it (editable).
+    distributions = {owner.lower() for module in imported if module != "src" for owner in owners.get(module, [])}
     listed = {line.split("==")[0].strip().lower()
               for line in (REPO_ROOT / "requirements-runtime.txt").read_text().splitlines()
               if line.strip() and not line.startswith("#")}
     assert distributions == listed, imported
-
-
-def test_the_same_seed_gives_the_same_text_and_another_seed_another(tiny_bundle):
-    loaded = load_bundle(tiny_bundle)
-    ids = loaded.tokenizer.encode(PROMPTS["en"])
-
-    def sample(seed):
-        return list(generate(loaded.decoder(), ids, 40, Sampling(1.0, 0, 1.0), seed))
-
-    assert sample(5) == sample(5) != sample(6)
-
-
-def test_sampling_cuts_and_extreme_values():
-    logits = np.array([5.0, 4.0, 1.0, 0.0], dtype=np.float32)
-    rng = np.random.default_rng(0)
-    assert next_token(logits, Sampling(0, 0, 1.0), rng) == 0
-    assert {next_token(logits, Sampling(1.0, 2, 1.0), rng) for _ in range(200)} == {0, 1}
-    # top_p 0.5: the most likely token alone already holds more than half the mass.
-    assert {next_token(logits, Sampling(1.0, 0, 0.5), rng) for _ in range(50)} == {0}
-    assert {next_token(logits, Sampling(5e-324, 0, 1.0), rng) for _ in range(20)} == {0}
-    assert {next_token(logits, Sampling(1.0, 0, 1e-300), rng) for _ in range(20)} == {0}
-    tied = np.zeros(6, dtype=np.float32)
-    assert {next_token(tied, Sampling(1.0, 3, 1.0), rng) for _ in range(100)} == {0, 1, 2}  # ties: lowest ids
-
-
-def test_timings_leave_out_the_callers_time(tiny_bundle):
-    loaded = load_bundle(tiny_bundle)
-    times = GenerationTimes()
-    for _ in generate(loaded.decoder(), loaded.tokenizer.encode("It is"), 5, Sampling(), 0, times=times):
-        pass
-    assert times.time_to_first_token_ms > 0 and len(times.token_latencies_ms) == 4
 
 
 # --- a bundle is read only whole and unchanged --------------------------------------------------------------------

@@ -1,15 +1,20 @@
-"""Stage `validate`: a sample per corpus language, memory and latency budgets, quality checks (exit code 5).
+"""Stage `validate`: samples per corpus language, memory and latency budgets, a quality verdict (exit code 5).
 
     python -m src.pipeline.validate [--params params.yaml]
 
-Each measurement runs `python -m src.cli.minimal_llm generate --json` in a fresh process on the bundle,
-through the runtime, exactly as a device would. The metrics are written before the stage fails on a budget.
-A sample is in its prompt's language when the character n-gram profile nearest to it, among the profiles
-the download stage built from each language's held-out text, is that language's.
+Each sample runs `python -m src.cli.minimal_llm generate --json` in a fresh process on the bundle, through
+the runtime, exactly as a device would: validate.samples_per_language of them per language, each with its own
+seed derived from validate's, so the same model gets the same samples, and the same verdict, on every run.
+The budgets hold the worst figures of all samples. A language's quality verdict is on the mean of each
+measure over its samples, the worst sample reported beside it, so that no single sample decides it. A sample
+is in its prompt's language when the character n-gram profile nearest to it, among the profiles the download
+stage built from each language's held-out text, is that language's. The metrics are written before the stage
+fails.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -39,28 +44,46 @@ def whitespace_share(text: str) -> float:
     return sum(ch.isspace() for ch in text) / len(text) if text else 1.0
 
 
-def quality_check(text: str, unknown_share: float, language: str, profiles: dict[str, Profile],
-                  cfg: ValidateConfig) -> dict:
-    """Is the sample real text in the prompt's language, not a loop, blank lines or byte soup?"""
+def sample_seed(seed: int, language: str, index: int) -> int:
+    """The seed of ``language``'s sample ``index``: derived from validate's ``seed``, the same on every run."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{language}/{index}".encode()).digest()[:8], "big")
+
+
+def sample_quality(text: str, unknown_share: float, language: str, profiles: dict[str, Profile]) -> dict:
+    """One sample's measures: is it real text in the prompt's language, not a loop, blank lines or byte soup?"""
     detected, _ = nearest_language(text, profiles)
-    checks = {
-        "repetition_rate": round(repetition_rate(text), 4),
-        "whitespace_share": round(whitespace_share(text), 4),
-        "unknown_share": unknown_share,
-        "detected_language": detected,
-        "language_ok": detected == language,
-    }
-    checks["passed"] = (checks["repetition_rate"] <= cfg.max_repetition
-                        and checks["whitespace_share"] <= cfg.max_whitespace_share
-                        and unknown_share <= cfg.max_unknown_share and checks["language_ok"])
-    return checks
+    return {"repetition_rate": round(repetition_rate(text), 4), "whitespace_share": round(whitespace_share(text), 4),
+            "unknown_share": unknown_share, "detected_language": detected, "in_language": detected == language}
 
 
-def measure(prompt: str, cfg: ValidateConfig, bundle: Path) -> dict:
+def quality_verdict(samples: list[dict], cfg: ValidateConfig) -> dict:
+    """A language's verdict on its samples' measures: each measure's mean within its limit ("max" or "min"),
+    with the worst sample's value reported beside it. language_share is the share of samples in the language."""
+    limits = {"repetition_rate": ("max", cfg.max_repetition), "whitespace_share": ("max", cfg.max_whitespace_share),
+              "unknown_share": ("max", cfg.max_unknown_share), "language_share": ("min", cfg.min_language_share)}
+    verdict: dict = {}
+    for name, (bound, limit) in limits.items():
+        values = [float(sample["in_language"]) if name == "language_share" else sample[name] for sample in samples]
+        mean = round(sum(values) / len(values), 4)
+        verdict[name] = {"mean": mean, "worst": max(values) if bound == "max" else min(values), bound: limit,
+                         "passed": mean <= limit if bound == "max" else mean >= limit}
+    verdict["detected_languages"] = [sample["detected_language"] for sample in samples]
+    verdict["passed"] = all(verdict[name]["passed"] for name in limits)
+    return verdict
+
+
+def failed_measures(verdict: dict) -> str:
+    """The measures a language's verdict failed, each as 'name mean x > limit' (or '< limit')."""
+    return ", ".join(f"{name} mean {figures['mean']:g} > {figures['max']:g}" if "max" in figures
+                     else f"{name} mean {figures['mean']:g} < {figures['min']:g}"
+                     for name, figures in verdict.items() if isinstance(figures, dict) and not figures["passed"])
+
+
+def measure(prompt: str, cfg: ValidateConfig, bundle: Path, seed: int) -> dict:
     """One generation in a fresh process through the user's CLI and the bundle's runtime; its JSON answer."""
     command = [sys.executable, "-m", "src.cli.minimal_llm", "generate", "--json", "--prompt", prompt,
                "--max_tokens", str(cfg.sample_tokens), "--temperature", str(cfg.temperature),
-               "--top_k", str(cfg.top_k), "--seed", str(cfg.seed), "--warmup_tokens", str(cfg.warmup_tokens),
+               "--top_k", str(cfg.top_k), "--seed", str(seed), "--warmup_tokens", str(cfg.warmup_tokens),
                "--ignore_eos", "--bundle", str(bundle)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -93,12 +116,18 @@ def validate(cfg: ValidateConfig, *, bundle: Path = paths.BUNDLE_DIR, languages_
     if not bundle.is_dir():
         raise missing_input(bundle, "bundle")
     languages = read_languages(languages_file)
-    runs = {language: measure(prompt, cfg, bundle) for language, prompt in prompts_for(languages, cfg).items()}
+    prompts = prompts_for(languages, cfg)
+    seeds = {language: [sample_seed(cfg.seed, language, index) for index in range(cfg.samples_per_language)]
+             for language in prompts}
+    runs = {language: [measure(prompt, cfg, bundle, seed) for seed in seeds[language]]
+            for language, prompt in prompts.items()}
+    every_run = [run for language_runs in runs.values() for run in language_runs]
     profiles = {language: entry["profile"] for language, entry in languages.items()}
 
-    quality = {language: quality_check(run["text"], run["metrics"]["unknown_share"], language, profiles, cfg)
-               for language, run in runs.items()}
-    worst = {key: max(run["metrics"][key] for run in runs.values())
+    measured = {language: [sample_quality(run["text"], run["metrics"]["unknown_share"], language, profiles)
+                           for run in language_runs] for language, language_runs in runs.items()}
+    quality = {language: quality_verdict(samples, cfg) for language, samples in measured.items()}
+    worst = {key: max(run["metrics"][key] for run in every_run)
              for key in ("rss_mb", "peak_mb", "latency_p95_ms", "latency_p50_ms", "time_to_first_token_ms")}
     budgets = {
         name: {"value": worst[name], "limit": limit, "passed": worst[name] <= limit}
@@ -107,23 +136,30 @@ def validate(cfg: ValidateConfig, *, bundle: Path = paths.BUNDLE_DIR, languages_
     }
     metrics = {
         **worst,
-        "tokens_per_sec": min(run["metrics"]["tokens_per_sec"] for run in runs.values()),
-        "best_validation_loss": next(iter(runs.values()))["best_validation_loss"],
+        "tokens_per_sec": min(run["metrics"]["tokens_per_sec"] for run in every_run),
+        "best_validation_loss": every_run[0]["best_validation_loss"],
         "budgets": budgets,
         "quality": quality,
         "passed": all(b["passed"] for b in budgets.values()) and all(q["passed"] for q in quality.values()),
     }
-    samples = {language: {"prompt": run["prompt"], "text": run["text"],
-                          "detected_language": quality[language]["detected_language"]}
-               for language, run in runs.items()}
+    samples = {language: {"prompt": prompts[language],
+                          "samples": [{"seed": seed, "text": run["text"], **measures}
+                                      for seed, run, measures in zip(seeds[language], runs[language],
+                                                                     measured[language])]}
+               for language in prompts}
     write_json(samples_file, samples)
     write_json(metrics_file, metrics)
-    for language, sample in samples.items():
-        log.info("[%s] %s%s", language, sample["prompt"], sample["text"].replace("\n", " ")[:200])
+    for language, verdict in quality.items():
+        first = samples[language]["samples"][0]["text"].replace("\n", " ")[:200]
+        log.info("[%s] %s%s", language, prompts[language], first)
+        log.info("[%s] means over %d samples: %s", language, cfg.samples_per_language,
+                 ", ".join(f"{name} {figures['mean']:g}" for name, figures in verdict.items()
+                           if isinstance(figures, dict)))
     log.info("rss %.1f MB, peak %.1f MB, p95 %.3f ms/token, %.0f tokens/s", worst["rss_mb"], worst["peak_mb"],
              worst["latency_p95_ms"], metrics["tokens_per_sec"])
     failures = [f"{name} {b['value']:g} > {b['limit']:g}" for name, b in budgets.items() if not b["passed"]]
-    failures += [f"{lang} sample failed the quality check {q}" for lang, q in quality.items() if not q["passed"]]
+    failures += [f"the {language} samples failed the quality check ({failed_measures(verdict)})"
+                 for language, verdict in quality.items() if not verdict["passed"]]
     if failures:
         raise StageError("; ".join(failures) + f" (metrics written to {metrics_file})")
     return metrics
