@@ -166,7 +166,7 @@ from pathlib import Path
 seconds, artifacts = sys.argv[1], sys.argv[2]
 train = json.loads(Path("metrics/train.json").read_text())["train"]
 speed = json.loads(Path("metrics/train_speed.json").read_text())["train_speed"]
-validate = json.loads(Path("metrics/validate.json").read_text())
+validate = json.loads(Path("metrics/validate.json").read_text())["validate"]
 print("==> Summary")
 print(f"  epochs {train['epochs']}, final train loss {train['final_train_loss']:.4f}, "
       f"final validation loss {train['final_validation_loss']:.4f}, best {train['best_validation_loss']:.4f} "

@@ -153,7 +153,7 @@ def test_three_languages_through_dvc_repro_and_an_edited_local_book_reruns_from_
     train = json.loads((repo / "metrics/train.json").read_text())["train"]
     history = json.loads((repo / "data/training_metrics.json").read_text())["history"]
     samples = json.loads((repo / "metrics/samples.json").read_text())
-    validate = json.loads((repo / "metrics/validate.json").read_text())
+    validate = json.loads((repo / "metrics/validate.json").read_text())["validate"]
     assert sorted(tokenizer["held_out"]) == sorted(train["best_bits_per_byte_by_language"]) == ["en", "es", "fr"]
     assert all(sorted(row["validation_bits_per_byte_by_language"]) == ["en", "es", "fr"] for row in history)
     assert sorted(samples) == sorted(validate["quality"]) == ["en", "es", "fr"]

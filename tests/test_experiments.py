@@ -40,7 +40,7 @@ def test_exp_run_set_param_show_diff_apply_and_branch(tiny_repo):
     shown = experiments(tiny_repo)["three-epochs"]
     assert shown["params"]["epochs"] == 3
     assert shown["metrics"]["metrics/train.json"]["train"]["epochs"] == 3
-    assert "latency_p95_ms" in shown["metrics"]["metrics/validate.json"]
+    assert "latency_p95_ms" in shown["metrics"]["metrics/validate.json"]["validate"]["budgets"]
 
     diff = tiny_repo.dvc("metrics", "diff", "HEAD", "three-epochs", "--json").stdout
     changes = json.loads(diff)

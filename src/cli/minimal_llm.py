@@ -26,14 +26,14 @@ from pathlib import Path
 
 from src import paths
 from src.inference.api import MAX_TOKENS, GenerationError, Generator, Options, check_prompt, check_threads
-from src.lib.runtime.cli import EXIT_BAD_INPUT, ArgumentParser
+from src.exit_codes import ExitCode
+from src.lib.runtime.budgets import check_budgets, over_budget
+from src.lib.runtime.cli import ArgumentParser
 from src.lib.runtime.sampling import MAX_REPETITION_PENALTY
 
 # --safety-mode strict: hard caps on what one call may ask for.
 STRICT_MAX_PROMPT_CHARS = 2000
 STRICT_MAX_TOKENS = 256
-EXIT_BUDGET = 5
-EXIT_INTERRUPTED = 130
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # keeps \t and \n
 
 
@@ -158,13 +158,12 @@ def run_generate(args: argparse.Namespace) -> int:
                   "best_validation_loss": model.best_validation_loss, "metrics": metrics}
         print(json.dumps({**answer, "interrupted": True} if interrupted else answer, ensure_ascii=False))
     if interrupted:
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     if strict:
-        over = [f"{name} {metrics[name]:.1f} > {limit:g}" for name, limit in model.budgets.items()
-                if metrics[name] > limit]
+        over = over_budget(check_budgets(metrics, model.budgets))
         if over:
             print(f"error: over budget ({', '.join(over)}); see the budgets of {model.source}", file=sys.stderr)
-            return EXIT_BUDGET
+            return ExitCode.VALIDATION
     return 0
 
 
@@ -209,13 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         return run_generate(args)
     except GenerationError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return ExitCode.PREREQUISITES
     except KeyboardInterrupt:  # before generation began: nothing to keep
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`... | head`): say nothing more, and keep Python from complaining at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_BAD_INPUT
+        return ExitCode.PREREQUISITES
 
 
 if __name__ == "__main__":

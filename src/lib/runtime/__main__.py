@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from src.lib.runtime.bundle import BundleError
-from src.lib.runtime.cli import EXIT_BAD_INPUT, ArgumentParser
+from src.exit_codes import ExitCode
+from src.lib.runtime.cli import ArgumentParser
 
 DEFAULT_BUNDLE = Path("dist") / "tinytransformer"
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         print(args.run(args))
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return ExitCode.PREREQUISITES
     return 0
 
 

@@ -1,4 +1,4 @@
-"""What the project's command lines share: bad usage exits 1, the documented code for bad input."""
+"""What the project's command lines share: bad usage exits 1 (ExitCode.PREREQUISITES), as bad input does."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import argparse
 import sys
 from typing import NoReturn
 
-EXIT_BAD_INPUT = 1
+from src.exit_codes import ExitCode
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with a malformed option exiting 1 (the documented code for bad input) instead of its 2."""
+    """argparse, with a malformed option exiting 1 (bad input) instead of its 2."""
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        self.exit(EXIT_BAD_INPUT, f"error: {message}\n")
+        self.exit(ExitCode.PREREQUISITES, f"error: {message}\n")
