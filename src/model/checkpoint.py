@@ -24,6 +24,7 @@ import torch
 from src.atomic import write_atomic
 from src.config import ConfigError, ModelConfig, TokenizerConfig, check_field
 from src.model.transformer import ModelShape, TinyTransformer
+from src.paths import not_found
 
 # 2: RoPE pairs channel i with i + head_dim / 2 (format 1: with its neighbour), so the query and key
 # weights of a format-1 checkpoint mean something else to this code.
@@ -129,7 +130,7 @@ TRAINING_ONLY = ("optimizer", "scheduler", "rng", "timings")
 def load_checkpoint(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found: run `dvc repro train` first")
+        raise CheckpointError(not_found(f"checkpoint {path}", "train"))
     try:
         # mmap: tensors stay in the page cache until used, so unused optimizer state never becomes resident.
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
