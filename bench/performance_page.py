@@ -65,7 +65,8 @@ def train_throughput(r: dict) -> list[str]:
             *table(["step", "ms per step", "tokens/s", "GFLOP/s", "share of peak"], rows),
             "",
             f"Speedup {r['speedup']}x. Chosen by measurement on this machine: precision **{r['precision']}** "
-            f"({r['precision_choice']}); attention **{r['attention']}** ({r['attention_choice']}).",
+            f"({r['precision_choice']}); attention **{r['attention']}** ({r['attention_choice']}); compile "
+            f"**{r['compile']}** ({r['compile_choice']}).",
             "", f"`{command('train_throughput')}`"]
 
 

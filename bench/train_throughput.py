@@ -27,13 +27,21 @@ import torch
 import torch.nn.functional as F
 
 from src import paths
-from src.config import load_config
+from src.config import TrainConfig, load_config
+from src.data.dataset import TokenSplit
 from src.model.transformer import ModelShape, TinyTransformer
 from src.training.allocator import keep_freed_memory
-from src.training.optimizers import make_optimizer
 from src.training.distributed import single_process
+from src.training.optimizers import make_optimizer
 from src.training.schedule import make_scheduler
 from src.training.trainer import make_train_step, speed_choices
+
+
+def pipeline_steps(cfg: TrainConfig) -> int:
+    """The optimizer steps of the train stage's run on the token data (1000 without it)."""
+    if not (paths.TOKENS_DIR / "meta.json").is_file():
+        return 1000
+    return TokenSplit(paths.TOKENS_DIR, "train").batches_per_epoch(cfg.max_seq_length, cfg.batch_size) * cfg.epochs
 
 
 def batches(vocab_size: int, batch_size: int, length: int, count: int, seed: int = 0) -> list[tuple]:
@@ -98,13 +106,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="the train stage's allocator setting, for both variants")
+    parser.add_argument("--run-steps", type=int,
+                        help="the training run the step belongs to, for train.compile: auto (default: the pipeline's, "
+                             "from data/tokens; 1000 without it)")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     args = parser.parse_args(argv)
 
     kept = args.keep_freed_memory and keep_freed_memory()
     cfg = load_config(args.params)
+    run_steps = args.run_steps or pipeline_steps(cfg.train)
     train_cfg, why = speed_choices(cfg.train, ModelShape.from_config(cfg.model, cfg.tokenizer.vocab_size),
-                                   single_process())
+                                   single_process(), run_steps)
     cfg = dataclasses.replace(cfg, train=train_cfg)
     vocab_size = cfg.tokenizer.vocab_size
     shape = ModelShape.from_config(cfg.model, vocab_size)
@@ -142,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {"benchmark": "train_throughput", "batch_size": batch, "max_seq_length": length,
               "vocab_size": vocab_size, "parameters": TinyTransformer(shape).num_parameters(),
               "threads": torch.get_num_threads(), "precision": cfg.train.precision,
-              "attention": cfg.train.attention, **why, "compile": cfg.train.compile,
+              "attention": cfg.train.attention, **why, "compile": cfg.train.compile, "run_steps": run_steps,
               "keep_freed_memory": kept,
               "matmul_peak_gflops": {k: round(v, 1) for k, v in peak.items()}}
     for name, variant in variants.items():
@@ -164,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{'precision':>22}: {cfg.train.precision} ({why['precision_choice']}); matmul peak fp32 "
               f"{peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s")
         print(f"{'attention':>22}: {cfg.train.attention} ({why['attention_choice']})")
+        print(f"{'compile':>22}: {cfg.train.compile} ({why['compile_choice']})")
 
 
 if __name__ == "__main__":

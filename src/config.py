@@ -64,6 +64,12 @@ def _flag_rule(key: str, value: Any) -> bool:
     return value
 
 
+def _flag_or_auto_rule(key: str, value: Any) -> bool | str:
+    if value != "auto" and not isinstance(value, bool):
+        raise ConfigError(f"'{key}' = {value!r} is not valid: must be auto, true or false")
+    return value
+
+
 def _text_rule(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"'{key}' = {value!r} is not valid: must be a non-empty string")
@@ -86,6 +92,10 @@ def choice(key: str, *choices: str) -> Any:
 
 def flag(key: str) -> Any:
     return param(key, _flag_rule)
+
+
+def flag_or_auto(key: str) -> Any:
+    return param(key, _flag_or_auto_rule)
 
 
 def nonempty_text(key: str) -> Any:
@@ -279,8 +289,9 @@ class TrainConfig:
     # The training step's attention kernel: SDPA's math (plain products) or fused flash kernel; auto: the faster
     # of the two on this machine in the precision chosen, measured once and cached (PyTorch's choice on CUDA).
     attention: str = choice("train.attention", "auto", "math", "flash")
-    # torch.compile the training step's forward and loss: slower to start, faster per step.
-    compile: bool = flag("train.compile")
+    # torch.compile the training step's forward and loss: slower to start, faster per step. auto: compile when
+    # the run's steps repay the compilation on this machine, measured once and cached (speed_choices.py).
+    compile: bool | str = flag_or_auto("train.compile")
     # Where training runs ("auto": CUDA when PyTorch sees it, else the CPU) and in how many processes
     # (more than 1: the stage launches itself through torchrun, DDP over gloo on CPU, nccl on CUDA).
     device: str = choice("train.device", "auto", "cpu", "cuda")

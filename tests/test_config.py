@@ -45,7 +45,7 @@ def test_project_params_load_with_the_seed_defaults():
     ("tokenizer.model_type", "wordpiece", "'tokenizer.model_type' = 'wordpiece' is not allowed: must be one of unigram, bpe"),
     ("tokenizer.character_coverage", 1.5, "'tokenizer.character_coverage' = 1.5 is out of range"),
     ("corpus.timeout_s", float("nan"), "'corpus.timeout_s' = nan is not valid"),
-    ("train.compile", "yes", "'train.compile' = 'yes' is not valid: must be true or false"),
+    ("train.compile", "yes", "'train.compile' = 'yes' is not valid: must be auto, true or false"),
     ("train.precision", "fp16", "'train.precision' = 'fp16' is not allowed: must be one of auto, bf16, fp32"),
     ("model.dropout", 0.95, "'model.dropout' = 0.95 is out of range: must be a number in [0, 0.9]"),
     ("train.device", "tpu", "'train.device' = 'tpu' is not allowed: must be one of auto, cpu, cuda"),

@@ -61,7 +61,7 @@ def outcome(workdir: Path):
 
 @pytest.mark.slow
 def test_the_default_settings_repeat_with_a_cold_and_a_warm_compile_cache_and_across_a_kill(tokenized, tmp_path):
-    write_params(tokenized, {"train.precision": "auto", "train.compile": True})  # the defaults
+    write_params(tokenized, {"train.precision": "auto", "train.compile": True})  # compiled: cold and warm caches
     cold = train_afresh(tokenized, tmp_path / "cache")
     assert cold[0]["environment"]["threads"] == 2 and cold[0]["environment"]["compile"] is True
     warm = train_afresh(tokenized, tmp_path / "cache")

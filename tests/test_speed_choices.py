@@ -107,3 +107,17 @@ def test_bf16_precision_keeps_the_math_attention_kernel_in_bf16(precision, upcas
     assert bool(casts) == upcast
     assert out.dtype == torch.bfloat16
     assert torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed() == before
+
+
+@pytest.mark.parametrize("steps, compiled", [(1000, True), (10, False)])
+def test_auto_compile_compiles_when_the_runs_steps_repay_the_compilation_and_measures_once(cache, steps, compiled):
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return {"compile_s": 30.0, "eager_ms": 300.0, "compiled_ms": 200.0}  # 0.1 s saved per step
+
+    chosen, reason = speed_choices.resolve_compile("auto", steps, "shape", measure)
+    assert chosen is compiled and f"save {steps // 10} s" in reason and "compiling took 30.0 s" in reason
+    assert speed_choices.resolve_compile("auto", steps, "shape", measure)[0] is compiled and calls == [1]
+    assert speed_choices.resolve_compile(False, steps, "shape", measure) == (False, "train.compile: false")

@@ -19,7 +19,8 @@ def test_train_writes_the_models_and_metrics(tiny_pipeline):
     for key in ("final_train_loss", "best_validation_bits_per_byte"):
         assert train[key] > 0, key
     assert set(train["environment"]) == {"device", "threads", "workers", "torch", "precision", "attention",
-                                         "compile", "precision_choice", "attention_choice"}
+                                         "compile", "precision_choice", "attention_choice",
+                                         "compile_choice"}
     speed = json.loads((tiny_pipeline / paths.TRAIN_SPEED).read_text())["train_speed"]
     assert speed["seconds"] > 0 and speed["tokens_per_sec"] > 0
     seed_shape = json.loads((tiny_pipeline / paths.TRAINING_METRICS).read_text())

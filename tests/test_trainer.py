@@ -12,7 +12,7 @@ from src.model.checkpoint import load_checkpoint, save_checkpoint
 from src.model.transformer import ModelShape, TinyTransformer
 from src.training.optimizers import make_optimizer
 from src.training.schedule import make_scheduler
-from src.training.trainer import TrainingDiverged, evaluate, make_train_step
+from src.training.trainer import TrainingDiverged, evaluate, make_train_step, measure_compile
 from tests.conftest import MODEL, TRAIN, VOCAB, run
 
 
@@ -143,3 +143,11 @@ def test_evaluation_every_n_steps_adds_rows_and_hands_the_history_over_each_time
     assert result.state.best_epoch in (1, 2, 3)
 
 
+
+
+def test_measure_compile_times_the_compilation_and_both_steps():
+    cfg = dataclasses.replace(TRAIN, precision="fp32", attention="math")
+    figures = measure_compile(cfg, ModelShape.from_config(dataclasses.replace(MODEL, dropout=0.0), VOCAB), 4,
+                              torch.device("cpu"))
+    assert set(figures) == {"compile_s", "eager_ms", "compiled_ms"}
+    assert figures["compile_s"] * 1e3 > figures["compiled_ms"] > 0 and figures["eager_ms"] > 0

@@ -1,4 +1,4 @@
-"""The training step's speed choices on this machine: precision and attention kernel, measured once and cached.
+"""The training step's speed choices on this machine: precision, attention kernel, compile; measured once, cached.
 
 Which is faster depends on the CPU. With bf16 matrix units (AMX, or AVX-512 bf16 on some cores) a bf16
 product runs faster than fp32; without them it can run slower. SDPA's fused flash kernel has a slow backward
@@ -7,7 +7,9 @@ softmax around them) win, and the other way round in fp32. So ``auto`` measures,
 - precision: the step's largest products (the head, the MLP, attention's projections, at the run's batch of
   tokens), forward and backward shapes, in both precisions;
 - attention: the step's attention, forward and backward, at the run's shape, with each kernel, in the
-  precision chosen.
+  precision chosen;
+- compile: the first compiled step (the compilation) and the step's time eager and compiled, at the run's
+  shape with both choices above; a run compiles when its steps save more than the compilation costs.
 Each in alternating rounds, the best round kept. bf16 is chosen only when clearly faster (``MIN_SPEEDUP``);
 fp32 is exact where bf16 rounds.
 
@@ -209,3 +211,24 @@ def resolve_attention(setting: str, precision: str, device: torch.device, shape:
     reason = f"auto: the faster in {precision} here, forward and backward ({figures}), cached in {path}"
     log.info("attention %s (%s)", verdict["attention"], reason)
     return verdict["attention"], reason
+
+
+# --- compile -----------------------------------------------------------------------------------------------
+
+def resolve_compile(setting: bool | str, total_steps: int, key: str,
+                    measure: Callable[[], dict[str, float]]) -> tuple[bool, str]:
+    """(whether the run compiles its step, why). ``auto`` measures once per machine and ``key`` (shape, precision,
+    attention) with ``measure`` (its ``compile_s``, ``eager_ms``, ``compiled_ms``), and compiles when
+    ``total_steps`` save more than the compilation took. The first measurement compiles cold; torch.compile's
+    own cache makes later compilations cheaper, so the verdict errs towards eager."""
+    if setting != "auto":
+        return setting, f"train.compile: {str(setting).lower()}"
+    verdict, path = measured_once(f"compile {key}", lambda v: {"compile_s", "eager_ms", "compiled_ms"} <= set(v),
+                                  lambda: {name: round(value, 3) for name, value in measure().items()})
+    saved_s = total_steps * (verdict["eager_ms"] - verdict["compiled_ms"]) / 1e3
+    compiled = saved_s > verdict["compile_s"]
+    reason = (f"auto: {'compiled' if compiled else 'eager'}, as {total_steps} steps at {verdict['compiled_ms']} "
+              f"against {verdict['eager_ms']} ms eager save {saved_s:.0f} s, and compiling took "
+              f"{verdict['compile_s']} s here, cached in {path}")
+    log.info("compile %s (%s)", compiled, reason)
+    return compiled, reason

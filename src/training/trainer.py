@@ -32,7 +32,8 @@ from src.model.transformer import ModelShape, TinyTransformer
 from src.training.checkpointing import BEST, LAST, RunCheckpoints, fingerprint, snapshot
 from src.training.distributed import Workers, single_process
 from src.training.optimizers import make_optimizer
-from src.training.speed_choices import attention_kernel, precision_context, resolve_attention, resolve_precision
+from src.training.speed_choices import (attention_kernel, best_of_rounds, machine_key, precision_context,
+                                        resolve_attention, resolve_compile, resolve_precision)
 from src.training.schedule import make_scheduler
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
     train_split, validation_split = TokenSplit(tokens_dir, "train"), TokenSplit(tokens_dir, "validation")
     steps_per_epoch = batches_per_epoch(train_split, validation_split, train_cfg, workers)
     shape = ModelShape.from_config(model_cfg, vocab_size)
-    train_cfg, choices = speed_choices(train_cfg, shape, workers)  # the fingerprint keys on what runs
+    # The fingerprint keys on the precision and kernel that run.
+    train_cfg, choices = speed_choices(train_cfg, shape, workers, steps_per_epoch * train_cfg.epochs)
 
     torch.manual_seed(train_cfg.seed)
     model = TinyTransformer(shape).to(workers.device)
@@ -237,21 +239,61 @@ def batches_per_epoch(train_split: TokenSplit, validation_split: TokenSplit, cfg
     return steps
 
 
-def speed_choices(cfg: TrainConfig, shape: ModelShape, workers: Workers) -> tuple[TrainConfig, dict[str, str]]:
-    """``cfg`` with the precision and attention kernel this run uses, and why each (main worker only).
+def speed_choices(cfg: TrainConfig, shape: ModelShape, workers: Workers,
+                  total_steps: int) -> tuple[TrainConfig, dict[str, str]]:
+    """``cfg`` with the precision, attention kernel and compile setting this run of ``total_steps`` uses, and why
+    each (main worker only).
 
     The main worker decides, measuring once per machine for auto, and every worker follows its choice.
     """
     batch, length = cfg.batch_size // workers.world_size, cfg.max_seq_length
-    precision, attention, why = "", "", {}
+    precision, attention, compiled, why = "", "", False, {}
     if workers.is_main:
         precision, why["precision_choice"] = resolve_precision(cfg.precision, workers.device, shape, batch, length)
         attention, why["attention_choice"] = resolve_attention(cfg.attention, precision, workers.device, shape,
                                                                batch, length)
-    bf16, flash, math_kernel = workers.sum([float(precision == "bf16"), float(attention == "flash"),
-                                           float(attention == "math")])
+        chosen = replace(cfg, precision=precision, attention=attention)
+        compiled, why["compile_choice"] = resolve_compile(
+            cfg.compile, total_steps, machine_key(f"{precision} {attention}", shape, batch, length),
+            lambda: measure_compile(chosen, shape, batch, workers.device))
+    bf16, flash, math_kernel, compiled = workers.sum([float(precision == "bf16"), float(attention == "flash"),
+                                                     float(attention == "math"), float(compiled)])
     attention = "flash" if flash else "math" if math_kernel else "default"
-    return replace(cfg, precision="bf16" if bf16 else "fp32", attention=attention), why
+    return replace(cfg, precision="bf16" if bf16 else "fp32", attention=attention, compile=compiled > 0), why
+
+
+COMPILE_STEPS = 2  # steps per round of measure_compile, each variant in each of speed_choices.ROUNDS rounds
+
+
+def measure_compile(cfg: TrainConfig, shape: ModelShape, batch: int, device: torch.device) -> dict[str, float]:
+    """The first compiled step's seconds (its compilation) and the step's ms eager and compiled (the best of
+    alternating rounds), on fixed random tokens at a worker's batch, in models that are then thrown away."""
+    tokens = torch.randint(0, shape.vocab_size, (batch, cfg.max_seq_length + 1),
+                           generator=torch.Generator().manual_seed(0))
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    workers = Workers(rank=0, world_size=1, device=device)
+    steps = {}
+    with deterministic_algorithms():
+        for compiled in (False, True):
+            model = TinyTransformer(shape).to(device).train()
+            optimizer = make_optimizer(model, cfg)
+            steps[compiled] = make_train_step(model, optimizer, make_scheduler(optimizer, cfg, 1_000_000),
+                                              replace(cfg, compile=compiled), workers)
+        steps[False](inputs, targets)
+        started = time.perf_counter()
+        steps[True](inputs, targets)
+        compile_s = time.perf_counter() - started
+
+        def timed(step: Callable[[torch.Tensor, torch.Tensor], float]) -> Callable[[], float]:
+            def run() -> float:
+                started = time.perf_counter()
+                for _ in range(COMPILE_STEPS):
+                    step(inputs, targets)
+                return (time.perf_counter() - started) / COMPILE_STEPS
+            return run
+
+        seconds = best_of_rounds({"eager": timed(steps[False]), "compiled": timed(steps[True])})
+    return {"compile_s": compile_s, "eager_ms": seconds["eager"] * 1e3, "compiled_ms": seconds["compiled"] * 1e3}
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
