@@ -55,9 +55,11 @@ def cache_file() -> Path:
 
 
 def machine_key(choice: str, shape: ModelShape, batch: int, length: int, detail: str = "") -> str:
+    """What a verdict depends on: the machine, PyTorch, and the whole step's shape (compile's verdict times the
+    whole step, so layers and dropout count too)."""
     return (f"{choice}{detail} | {processor_name()} | threads {torch.get_num_threads()} | torch {torch.__version__} | "
-            f"d {shape.d_model} ff {shape.d_ff} heads {shape.n_heads} vocab {shape.vocab_size} batch {batch} "
-            f"length {length}")
+            f"layers {shape.n_layers} d {shape.d_model} ff {shape.d_ff} heads {shape.n_heads} vocab {shape.vocab_size} "
+            f"dropout {shape.dropout:g} batch {batch} length {length}")
 
 
 def measured_once(key: str, valid: Callable[[dict], bool], measure: Callable[[], dict]) -> tuple[dict, Path]:
