@@ -35,6 +35,8 @@ BUNDLE_DIR = Path("dist") / "tinytransformer"
 SAMPLES = METRICS / "samples.json"
 VALIDATE_METRICS = METRICS / "validate.json"
 
+FAILED_RUN = Path("failed")  # what a failed stage wrote in place of its metrics, kept there when restore replaces it
+
 
 def not_found(path: Path | str, stage: str) -> str:
     """The message for an earlier stage's output that is not there."""
