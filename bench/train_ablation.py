@@ -34,7 +34,7 @@ from src.model.transformer import ModelShape, TinyTransformer
 from src.training.allocator import keep_freed_memory
 from src.training import speed_choices
 from src.training.optimizers import make_optimizer
-from src.training.speed_choices import attention_kernel, precision_context
+from src.training.step import attention_kernel, precision_context
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
 
+from src import paths
 from src.data.languages import is_language_code
 
 PARAMS_FILE = Path("params.yaml")
@@ -132,7 +133,7 @@ class BookSource:
     name: str
     url: str  # an http(s) URL, or a local file's path (relative to the project root, or absolute)
     language: str | None = None  # ISO 639-1; None: the Gutenberg header's Language line says
-    sha256: str | None = None  # required for http(s); optional for a local file, which is a dep by content
+    sha256: str | None = None  # required but for a file in books/, which DVC hashes (the download stage's dependency)
     format: str = "gutenberg"  # gutenberg: strip Project Gutenberg's header, footer and licence | plain: keep all
 
     @property
@@ -143,6 +144,12 @@ class BookSource:
     def path(self) -> Path:
         """A local source's file (a relative path is from the project root, where stages run)."""
         return Path(self.url).expanduser()
+
+    @property
+    def in_books(self) -> bool:
+        """A local file inside the project's books/ folder, which DVC hashes as the download stage's dependency."""
+        parts = PurePosixPath(self.url).parts
+        return self.is_local and len(parts) > 1 and parts[0] == paths.BOOKS_DIR.name and ".." not in parts
 
     @property
     def file_name(self) -> str:
@@ -186,6 +193,10 @@ def _source_rule(where: str, item: Any) -> BookSource:
     if sha256 is None and item["url"].startswith(HTTP_SCHEMES):
         raise ConfigError(f"'{where}.sha256' is required for an http(s) source: the corpus never changes "
                           f"silently (./scripts/train_pipeline.sh --corpus-url prints it)")
+    if sha256 is None and not BookSource(item["name"], item["url"]).in_books:
+        raise ConfigError(f"'{where}.sha256' is required for a local file outside {paths.BOOKS_DIR}/ (DVC hashes the "
+                          f"books there): move it there, or pin it (`sha256sum FILE` prints it; "
+                          f"./scripts/train_pipeline.sh --corpus-url pins it)")
     if sha256 is not None and not (isinstance(sha256, str) and _SHA256.match(sha256)):
         raise ConfigError(f"'{where}.sha256' = {sha256!r} must be 64 lowercase hex digits")
     _choice_rule(TEXT_FORMATS)(f"{where}.format", item.get("format", "gutenberg"))
@@ -202,6 +213,14 @@ def _sources_rule(key: str, items: Any) -> tuple[BookSource, ...]:
         if dupes:
             raise ConfigError(f"'{key}' has duplicate book {attr}s: {', '.join(dupes)}")
     return books
+
+
+def _file_name_rule(key: str, value: Any) -> str:
+    """A name that makes a file name (data/corpus_<name>.txt): letters, digits, '_', '.', '-'."""
+    if not isinstance(value, str) or not _NAME.match(value) or value.startswith("."):
+        raise ConfigError(f"'{key}' = {value!r} is not valid: must be a file name of letters, digits, '_', '.' "
+                          f"and '-' (e.g. bilingual)")
+    return value
 
 
 def _prompts_rule(key: str, prompts: Any) -> dict[str, str]:
@@ -227,6 +246,39 @@ class CorpusConfig:
     backoff_s: float = number("corpus.backoff_s", float, 0, 600)
     max_download_mb: float = number("corpus.max_download_mb", float, 0, 10_000, lo_open=True)
     min_free_disk_gb: float = number("corpus.min_free_disk_gb", float, 0, 1_000_000)
+
+
+@dataclass(frozen=True)
+class CorpusName:
+    """What the corpus file is called: data/corpus_<name>.txt, the name saying the corpus's languages."""
+    name: str = param("names.corpus", _file_name_rule)
+
+    @property
+    def file(self) -> Path:
+        return paths.corpus_file(self.name)
+
+    def check_languages(self, languages: list[str]) -> None:
+        """ConfigError unless the name says a corpus in ``languages`` is what the file holds."""
+        expected = paths.corpus_name(languages)
+        if self.name != expected:
+            raise ConfigError(f"'names.corpus' = {self.name!r} does not say what the corpus holds "
+                              f"({', '.join(sorted(set(languages)))}): set it to {expected!r}, and 'names.tokenizer' "
+                              f"to match (./scripts/train_pipeline.sh sets both)")
+
+
+@dataclass(frozen=True)
+class TokenizerName:
+    """What the tokenizer files are called: data/<name>.model and .vocab, the name saying the corpus and the
+    vocabulary size."""
+    name: str = param("names.tokenizer", _file_name_rule)
+
+    @property
+    def model(self) -> Path:
+        return paths.tokenizer_model(self.name)
+
+    @property
+    def vocab(self) -> Path:
+        return paths.tokenizer_vocab(self.name)
 
 
 @dataclass(frozen=True)
@@ -345,6 +397,8 @@ class ValidateConfig:
 
 @dataclass(frozen=True)
 class Config:
+    corpus_name: CorpusName
+    tokenizer_name: TokenizerName
     corpus: CorpusConfig
     split: SplitConfig
     tokenizer: TokenizerConfig
@@ -353,9 +407,22 @@ class Config:
     generation: GenerationConfig
     validate: ValidateConfig
 
+    def __post_init__(self) -> None:
+        """The names must say what the files hold: the corpus's languages (where params name them all; the
+        download stage checks the rest) and the vocabulary size."""
+        languages = [source.language for source in self.corpus.sources]
+        if all(languages):
+            self.corpus_name.check_languages(languages)
+        expected = paths.tokenizer_name(self.corpus_name.name, self.tokenizer.vocab_size)
+        if self.tokenizer_name.name != expected:
+            raise ConfigError(f"'names.tokenizer' = {self.tokenizer_name.name!r} does not say what the tokenizer is "
+                              f"(a {self.corpus_name.name} corpus, vocab_size {self.tokenizer.vocab_size}): set it to "
+                              f"{expected!r} (`dvc exp run -S names.tokenizer={expected}`; "
+                              f"./scripts/train_pipeline.sh sets it)")
 
-_SECTION_TYPES = (CorpusConfig, SplitConfig, TokenizerConfig, ModelConfig, TrainConfig, GenerationConfig,
-                  ValidateConfig)
+
+_SECTION_TYPES = (CorpusName, TokenizerName, CorpusConfig, SplitConfig, TokenizerConfig, ModelConfig, TrainConfig,
+                  GenerationConfig, ValidateConfig)
 _NESTED_TYPES = (BudgetConfig,)
 
 
@@ -428,6 +495,21 @@ def config_from_dict(raw: Any, source: str = "params.yaml") -> Config:
         if unknown:
             raise ConfigError(_unknown_key_message(unknown[0], known))
         return Config(*(_build(section, raw) for section in _SECTION_TYPES))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def names_called_for(raw: Any, source: str = "params.yaml") -> dict[str, str]:
+    """The ``names.*`` that parsed params call for: from the corpus's languages (names.corpus as it stands where a
+    source leaves its language to its Gutenberg header) and vocab_size. ConfigError for a bad corpus or vocabulary."""
+    try:
+        if not isinstance(raw, Mapping):
+            raise ConfigError("the top level must be a mapping of keys to values")
+        corpus, tokenizer = _build(CorpusConfig, raw), _build(TokenizerConfig, raw)
+        languages = [book.language for book in corpus.sources]
+        name = paths.corpus_name(languages) if all(languages) else _file_name_rule(
+            "names.corpus", _lookup(raw, "names.corpus"))
+        return {"corpus": name, "tokenizer": paths.tokenizer_name(name, tokenizer.vocab_size)}
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 import yaml
 
-from src.config import ModelConfig, TrainConfig
+from src import paths
+from src.config import ConfigError, ModelConfig, TrainConfig, names_called_for
 from src.data.dataset import SplitStats, write_token_dataset
 from src.model.checkpoint import load_checkpoint, save_checkpoint
 from src.training.trainer import train
@@ -154,7 +155,8 @@ def project_params() -> dict:
 
 
 def write_params(directory: Path, overrides: dict | None = None) -> Path:
-    """``directory``'s params.yaml (else the project's) with dotted-key ``overrides`` applied."""
+    """``directory``'s params.yaml (else the project's) with dotted-key ``overrides`` applied, and the names.* they
+    call for (as ./scripts/train_pipeline.sh sets them) where ``overrides`` does not set them."""
     existing = directory / "params.yaml"
     params = yaml.safe_load(existing.read_text()) if existing.is_file() else project_params()
     for dotted, value in (overrides or {}).items():
@@ -163,6 +165,13 @@ def write_params(directory: Path, overrides: dict | None = None) -> Path:
         for part in parents:
             node = node[part]
         node[leaf] = value
+    try:
+        called_for = names_called_for(params)
+    except ConfigError:  # a test writing a bad value on purpose: the stage under test says so
+        called_for = {}
+    for key, name in called_for.items():
+        if f"names.{key}" not in (overrides or {}):
+            params["names"][key] = name
     path = directory / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
@@ -176,12 +185,10 @@ def run_module(module: str, cwd: Path, *args: str, env: dict | None = None,
                           capture_output=True, text=True, timeout=timeout)
 
 
-PROJECT_FILES = ("src", "scripts", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
+PROJECT_FILES = ("src", "scripts", "books", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
                  "requirements.txt", "requirements-test.txt", "pyproject.toml")
 
 
-# `dvc status` of a pipeline with nothing to do: the local_books stage always runs (dvc.yaml), so it is always listed.
-NOTHING_TO_DO = "local_books:\n\talways changed"
 
 
 def stages_run(dvc_output: str) -> list[str]:
@@ -241,7 +248,7 @@ class ProjectRepo:
     def up_to_date(self, *targets: str) -> bool:
         """Does `dvc status` (of ``targets``, else of the whole pipeline) find nothing to re-run?"""
         status = self.dvc("status", *targets).stdout.strip()
-        return status in ("Data and pipelines are up to date.", NOTHING_TO_DO)
+        return status == "Data and pipelines are up to date."
 
     def set_params(self, overrides: dict) -> None:
         write_params(self.path, overrides)
@@ -274,19 +281,30 @@ def tiny_pipeline(tmp_path_factory, shared_corpus) -> Path:
     return workdir
 
 
-def keep_only_epoch_1(checkpoints: Path) -> None:
-    """Leave epoch_0001.pt as the only checkpoint of a 2-epoch run, as if it had died during epoch 2."""
-    for name in ("epoch_0002.pt", "last.pt", "best.pt"):
-        (checkpoints / name).unlink()
+def remove_checkpoints(project: Path) -> None:
+    """Every checkpoint of the train stage in ``project``: its run folder and the periodic ones beside it."""
+    shutil.rmtree(project / paths.CHECKPOINT_DIR, ignore_errors=True)
+    for periodic in (project / paths.PERIODIC_DIR).glob("checkpoint_epoch_*.pt"):
+        periodic.unlink()
 
 
-def poison_epoch_1(checkpoints: Path, tensor: str = "embed.weight", value: float = float("nan")) -> None:
+def keep_only_epoch_1(project: Path) -> None:
+    """Leave data/checkpoint_epoch_1.pt as the only checkpoint of the 2-epoch run in ``project``, as if it had died
+    during epoch 2."""
+    for path in (project / paths.PERIODIC_DIR / "checkpoint_epoch_2.pt", project / paths.CHECKPOINT_DIR / "last.pt",
+                 project / paths.CHECKPOINT_DIR / "best.pt"):
+        path.unlink()
+
+
+def poison_epoch_1(project: Path, tensor: str = "embed.weight", value: float = float("nan")) -> Path:
     """``keep_only_epoch_1``, and that checkpoint was saved with weights gone bad (a valid checkpoint of a run that
-    diverged): resuming makes the first loss non-finite."""
-    keep_only_epoch_1(checkpoints)
-    state = load_checkpoint(checkpoints / "epoch_0001.pt")
+    diverged): resuming makes the first loss non-finite. Returns the checkpoint's path."""
+    keep_only_epoch_1(project)
+    path = project / paths.PERIODIC_DIR / "checkpoint_epoch_1.pt"
+    state = load_checkpoint(path)
     state["model"][tensor].fill_(value)  # a private mapping: the file changes only when saved
-    save_checkpoint(checkpoints / "epoch_0001.pt", state)
+    save_checkpoint(path, state)
+    return path
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ def bundle(tiny_pipeline) -> Generator:
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_pipeline) -> Generator:
-    return Generator.load(tiny_pipeline / "data/best_model.pt", tokenizer=tiny_pipeline / "data/tokenizer.model",
+    return Generator.load(tiny_pipeline / "data/best_model.pt", tokenizer=tiny_pipeline / "data/bilingual_1k.model",
                           params=tiny_pipeline / "params.yaml")
 
 

@@ -3,12 +3,14 @@ crash or a user did to them (src/training/checkpointing.py, on the synthetic dat
 
 import dataclasses
 import logging
+import re
 import shutil
 
 import pytest
 import torch
 
 from src.model.checkpoint import load_checkpoint, save_checkpoint
+from src.training.checkpointing import SAME_NUMERICS
 from tests.conftest import TRAIN, run
 
 
@@ -39,16 +41,16 @@ def assert_finished_like(folder, finished):
 
 
 def test_a_crash_between_the_last_epochs_writes_is_finished_by_the_next_run(synthetic_tokens, finished, tmp_path):
-    """Killed after epoch 3's best.pt and epoch_0003.pt, before its last.pt: last.pt still holds epoch 2."""
+    """Killed after epoch 3's best.pt and checkpoint_epoch_3.pt, before its last.pt: last.pt still holds epoch 2."""
     folder = copy_of(finished, tmp_path)
-    shutil.copy(folder / "epoch_0002.pt", folder / "last.pt")
+    shutil.copy(folder / "checkpoint_epoch_2.pt", folder / "last.pt")
     result = run(synthetic_tokens, folder)
     assert result.resumed_from_epoch == 3 and len(result.state.history) == 3  # nothing trained again
     assert_finished_like(folder, finished)
 
 
 @pytest.mark.parametrize("damage", ["delete", "truncate"])
-@pytest.mark.parametrize("name", ["last.pt", "best.pt", "epoch_0003.pt"])
+@pytest.mark.parametrize("name", ["last.pt", "best.pt", "checkpoint_epoch_3.pt"])
 def test_a_lost_checkpoint_of_a_finished_run_is_rebuilt_from_another_of_its_epoch(synthetic_tokens, finished,
                                                                                   tmp_path, name, damage):
     folder = copy_of(finished, tmp_path)
@@ -65,9 +67,9 @@ def test_when_no_checkpoint_holds_the_best_epoch_the_run_trains_it_again(synthet
                                                                         caplog):
     """The newest checkpoints say epoch 2 was the best, and its checkpoints are gone: resume from epoch 1."""
     folder = copy_of(finished, tmp_path)
-    for name in ("best.pt", "epoch_0002.pt"):
+    for name in ("best.pt", "checkpoint_epoch_2.pt"):
         (folder / name).unlink()
-    for name in ("last.pt", "epoch_0003.pt"):
+    for name in ("last.pt", "checkpoint_epoch_3.pt"):
         state = load_checkpoint(folder / name)
         state["training_state"]["best_epoch"] = 2
         save_checkpoint(folder / name, state)
@@ -113,3 +115,38 @@ def test_an_unreadable_checkpoint_is_set_aside(synthetic_tokens, tmp_path):
     result = run(synthetic_tokens, checkpoints, dataclasses.replace(TRAIN, epochs=1))
     assert result.resumed_from_epoch == 0
     assert (checkpoints / "set_aside" / "last.pt").read_bytes() == b"half a checkpoint"
+
+
+def legacy(folder, code_digest: str) -> None:
+    """``folder`` as the version before the quickstart's names left it: periodic checkpoints named epoch_NNNN.pt,
+    every fingerprint's code digest ``code_digest`` (that version hashed all of its training code)."""
+    for path in folder.glob("*.pt"):
+        state = load_checkpoint(path)
+        state["fingerprint"]["code"] = code_digest
+        match = re.fullmatch(r"checkpoint_epoch_(\d+)\.pt", path.name)
+        save_checkpoint(folder / (f"epoch_{int(match.group(1)):04d}.pt" if match else path.name), state)
+        if match:
+            path.unlink()
+
+
+def test_a_run_of_the_version_before_the_rename_carries_on_where_it_stopped(synthetic_tokens, finished, tmp_path):
+    """Its checkpoints' code digest is one SAME_NUMERICS lists, and its periodic checkpoints move to their names."""
+    folder = copy_of(finished, tmp_path)
+    legacy(folder, next(iter(SAME_NUMERICS)))
+    shutil.copy(folder / "epoch_0002.pt", folder / "last.pt")  # interrupted during epoch 3
+    (folder / "epoch_0003.pt").unlink()
+    (folder / "best.pt").unlink()
+    result = run(synthetic_tokens, folder)
+    assert result.resumed_from_epoch == 2 and not list(folder.glob("epoch_*.pt"))
+    assert sorted(p.name for p in folder.glob("checkpoint_epoch_*.pt")) == [
+        "checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt", "checkpoint_epoch_3.pt"]
+    assert_finished_like(folder, finished)
+
+
+def test_a_checkpoint_of_other_training_code_is_set_aside(synthetic_tokens, finished, tmp_path):
+    folder = copy_of(finished, tmp_path)
+    legacy(folder, "0" * 64)
+    result = run(synthetic_tokens, folder)
+    assert result.resumed_from_epoch == 0
+    assert (folder / "set_aside" / "last.pt").is_file()
+

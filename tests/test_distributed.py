@@ -32,8 +32,9 @@ def test_two_workers_give_the_single_process_loss_curve(tiny_pipeline, tiny_copy
         assert two["learning_rate"] == one["learning_rate"]  # same global batch, same number of steps
         assert two["train_loss"] == pytest.approx(one["train_loss"], rel=TOLERANCE)
         assert two["validation_loss"] == pytest.approx(one["validation_loss"], rel=TOLERANCE)
-    assert {p.name for p in (tiny_copy / paths.CHECKPOINT_DIR).glob("*.pt")} == {
-        "best.pt", "last.pt", "epoch_0001.pt", "epoch_0002.pt"}
+    assert {p.name for p in (tiny_copy / paths.CHECKPOINT_DIR).glob("*.pt")} == {"best.pt", "last.pt"}
+    assert {p.name for p in (tiny_copy / paths.PERIODIC_DIR).glob("checkpoint_epoch_*.pt")} == {
+        "checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt"}
 
 
 @pytest.mark.slow
@@ -48,8 +49,7 @@ def test_compiled_workers_train_like_the_single_process(tiny_pipeline, tiny_copy
 
 @pytest.mark.slow
 def test_two_workers_resume_a_single_process_run(tiny_pipeline, tiny_copy):
-    checkpoints = tiny_copy / paths.CHECKPOINT_DIR
-    keep_only_epoch_1(checkpoints)
+    keep_only_epoch_1(tiny_copy)
     write_params(tiny_copy, {"train.nproc": 2})
     done = run_module("src.pipeline.train", tiny_copy)
     assert done.returncode == 0, done.stderr
@@ -61,8 +61,7 @@ def test_two_workers_resume_a_single_process_run(tiny_pipeline, tiny_copy):
 
 @pytest.mark.slow
 def test_a_failing_worker_gives_the_stage_exit_code(tiny_copy):
-    checkpoints = tiny_copy / paths.CHECKPOINT_DIR
-    poison_epoch_1(checkpoints)
+    poison_epoch_1(tiny_copy)
     write_params(tiny_copy, {"train.nproc": 2})
     done = run_module("src.pipeline.train", tiny_copy)
     assert done.returncode == 4 and "loss became nan at epoch 2, step 1" in done.stderr

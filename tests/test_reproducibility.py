@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from src.training.trainer import deterministic_algorithms
-from tests.conftest import REPO_ROOT, run_module, write_params
+from src.training.step import deterministic_algorithms
+from tests.conftest import REPO_ROOT, remove_checkpoints, run_module, write_params
 from tests.test_faults import FAULT_PARAMS
 
 MODELS = ("data/best_model.pt", "data/final_model.pt", "data/checkpoints/last.pt")
@@ -69,7 +68,7 @@ def test_the_default_settings_repeat_with_a_cold_and_a_warm_compile_cache_and_ac
 
     # Killed after epoch 2 is trained, before its first checkpoint is written (the 4th file the stage renames into
     # place: best, epoch_0001, last, then epoch 2's best); then resumed from epoch 1.
-    shutil.rmtree(tokenized / "data/checkpoints")
+    remove_checkpoints(tokenized)
     killed = run_module("src.pipeline.train", tokenized, env={
         "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "2",
         **KILL_ENV, "TT_KILL_AT_RENAME": "train:4:before"})

@@ -31,7 +31,7 @@ PROMPTS = {"en": "It is a truth universally acknowledged", "es": "En un lugar de
 def tiny_bundle(tiny_pipeline, tmp_path_factory) -> Path:
     """The tiny trained model's bundle (context 32: 300 tokens go far past it)."""
     out = tmp_path_factory.mktemp("bundle") / "tinytransformer"
-    create_bundle(tiny_pipeline / "data/best_model.pt", tiny_pipeline / "data/tokenizer.model", out,
+    create_bundle(tiny_pipeline / "data/best_model.pt", tiny_pipeline / "data/bilingual_1k.model", out,
                   BundleInputs(GenerationConfig(temperature=0.8, top_k=40, top_p=0.95)))
     return out
 

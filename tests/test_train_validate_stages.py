@@ -34,8 +34,9 @@ def test_train_writes_the_models_and_metrics(tiny_pipeline):
     best = torch.load(tiny_pipeline / paths.BEST_MODEL, weights_only=True)
     assert best["training_state"]["best_validation_loss"] == pytest.approx(train["best_validation_loss"], abs=1e-6)
     assert (tiny_pipeline / paths.FINAL_MODEL).is_file()
-    assert {p.name for p in (tiny_pipeline / paths.CHECKPOINT_DIR).glob("*.pt")} == {
-        "best.pt", "last.pt", "epoch_0001.pt", "epoch_0002.pt"}
+    assert {p.name for p in (tiny_pipeline / paths.CHECKPOINT_DIR).glob("*.pt")} == {"best.pt", "last.pt"}
+    assert {p.name for p in (tiny_pipeline / paths.PERIODIC_DIR).glob("checkpoint_epoch_*.pt")} == {
+        "checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt"}
 
 
 def test_train_without_tokens_exits_1(tmp_path):
@@ -45,13 +46,12 @@ def test_train_without_tokens_exits_1(tmp_path):
 
 
 def test_a_nan_loss_exits_4_and_keeps_the_last_good_checkpoint(tiny_copy):
-    checkpoints = tiny_copy / paths.CHECKPOINT_DIR
-    poison_epoch_1(checkpoints, "blocks.0.mlp.up.weight", float("inf"))
-    before = (checkpoints / "epoch_0001.pt").read_bytes()
+    poisoned = poison_epoch_1(tiny_copy, "blocks.0.mlp.up.weight", float("inf"))
+    before = poisoned.read_bytes()
     done = run_module("src.pipeline.train", tiny_copy)
     assert done.returncode == 4, done.stderr
     assert "loss became" in done.stderr and "at epoch 2, step 1 " in done.stderr and "lower learning_rate" in done.stderr
-    assert (checkpoints / "epoch_0001.pt").read_bytes() == before
+    assert poisoned.read_bytes() == before
 
 
 def test_validate_passes_and_writes_samples_and_metrics(tiny_copy):

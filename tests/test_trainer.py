@@ -12,7 +12,8 @@ from src.model.checkpoint import load_checkpoint, save_checkpoint
 from src.model.transformer import ModelShape, TinyTransformer
 from src.training.optimizers import make_optimizer
 from src.training.schedule import make_scheduler
-from src.training.trainer import TrainingDiverged, evaluate, make_train_step, measure_compile
+from src.training.step import make_train_step
+from src.training.trainer import TrainingDiverged, evaluate, measure_compile
 from tests.conftest import MODEL, TRAIN, VOCAB, run
 
 
@@ -22,7 +23,7 @@ def test_training_learns_and_writes_every_checkpoint(synthetic_tokens, tmp_path)
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[-1]["validation_loss"] < history[0]["validation_loss"] < np.log(VOCAB)
     assert {p.name for p in (tmp_path / "ckpt").glob("*.pt")} == {
-        "best.pt", "last.pt", "epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt"}
+        "best.pt", "last.pt", "checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt", "checkpoint_epoch_3.pt"}
     assert not list((tmp_path / "ckpt").glob(".*part"))
     best = load_checkpoint(result.best_checkpoint)
     assert best["epoch"] == result.state.best_epoch
@@ -45,7 +46,7 @@ def test_resuming_from_any_checkpoint_ends_where_an_uninterrupted_run_ends(synth
     uninterrupted = run(synthetic_tokens, tmp_path / "full", cfg)
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()
-    (resumed_dir / "epoch_0001.pt").write_bytes((tmp_path / "full" / "epoch_0001.pt").read_bytes())
+    (resumed_dir / "checkpoint_epoch_1.pt").write_bytes((tmp_path / "full" / "checkpoint_epoch_1.pt").read_bytes())
     resumed = run(synthetic_tokens, resumed_dir, cfg)
     assert resumed.resumed_from_epoch == 1
     assert resumed.state == uninterrupted.state  # every computed figure; timings are kept apart
@@ -59,17 +60,17 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(synthetic_
     checkpoints = tmp_path / "ckpt"
     two_epochs = dataclasses.replace(TRAIN, epochs=2)
     run(synthetic_tokens, checkpoints, two_epochs)
-    for name in ("epoch_0002.pt", "last.pt", "best.pt"):
+    for name in ("checkpoint_epoch_2.pt", "last.pt", "best.pt"):
         (checkpoints / name).unlink()
     # The epoch-1 checkpoint's weights went bad: resuming from it makes the loss NaN on the first step.
-    poisoned = load_checkpoint(checkpoints / "epoch_0001.pt")
+    poisoned = load_checkpoint(checkpoints / "checkpoint_epoch_1.pt")
     poisoned["model"]["embed.weight"][5] = float("nan")
-    save_checkpoint(checkpoints / "epoch_0001.pt", poisoned)
-    before = (checkpoints / "epoch_0001.pt").read_bytes()
+    save_checkpoint(checkpoints / "checkpoint_epoch_1.pt", poisoned)
+    before = (checkpoints / "checkpoint_epoch_1.pt").read_bytes()
     with pytest.raises(TrainingDiverged, match=r"loss became nan at epoch 2, step 1 .*lower learning_rate"):
         run(synthetic_tokens, checkpoints, two_epochs)
-    assert (checkpoints / "epoch_0001.pt").read_bytes() == before
-    assert sorted(p.name for p in checkpoints.glob("*.pt")) == ["epoch_0001.pt"]
+    assert (checkpoints / "checkpoint_epoch_1.pt").read_bytes() == before
+    assert sorted(p.name for p in checkpoints.glob("*.pt")) == ["checkpoint_epoch_1.pt"]
 
 
 def test_evaluation_scores_every_validation_token_once(synthetic_tokens):

@@ -135,7 +135,7 @@ class Generator:
         self._byte_values = byte_values(model.tokenizer)
 
     @classmethod
-    def load(cls, path: Path | str, *, tokenizer: Path | str = paths.TOKENIZER_MODEL,
+    def load(cls, path: Path | str, *, tokenizer: Path | str | None = None,
              params: Path | str = "params.yaml", threads: int = 1) -> "Generator":
         """A bundle directory through the runtime, or a checkpoint file (.pt) through PyTorch (see
         ``from_checkpoint`` for the other arguments)."""
@@ -157,10 +157,11 @@ class Generator:
                          metrics.get("budgets"), metrics.get("languages")))
 
     @classmethod
-    def from_checkpoint(cls, model_file: Path | str, tokenizer_file: Path | str = paths.TOKENIZER_MODEL,
+    def from_checkpoint(cls, model_file: Path | str, tokenizer_file: Path | str | None = None,
                         params: Path | str = "params.yaml", threads: int = 1) -> "Generator":
         """A checkpoint through PyTorch on ``threads`` CPU threads, with the tokenizer it was trained with (refused
-        otherwise) and the sampling defaults and budgets of ``params`` (PyTorch's own defaults without one)."""
+        otherwise; None: the one ``params`` names) and the sampling defaults and budgets of ``params`` (PyTorch's
+        own defaults without one)."""
         from src.config import ConfigError, load_config
         from src.data.tokenizer import EOS_ID, TokenizerError, load_tokenizer
         from src.inference.generate import TorchDecoder
@@ -168,7 +169,14 @@ class Generator:
 
         import torch
 
-        model_file, tokenizer_file = Path(model_file), Path(tokenizer_file)
+        try:
+            cfg = load_config(params)
+        except ConfigError as exc:
+            if tokenizer_file is None:
+                raise GenerationError(f"{exc}: it names the tokenizer, else give the tokenizer file") from None
+            cfg = None
+        model_file = Path(model_file)
+        tokenizer_file = Path(tokenizer_file) if tokenizer_file is not None else cfg.tokenizer_name.model
         for needed, stage in ((model_file, "train"), (tokenizer_file, "tokenize")):
             if not needed.is_file():
                 raise GenerationError(paths.not_found(needed, stage))
@@ -182,11 +190,8 @@ class Generator:
         if file_digest(tokenizer_file) != (meta.get("fingerprint") or {}).get("tokenizer"):
             raise GenerationError(f"{tokenizer_file} is not the tokenizer {model_file} was trained with (its sha256 "
                                   f"differs from the one the checkpoint records): they come from different runs")
-        try:
-            cfg = load_config(params)
-            defaults, budgets = Sampling(**vars(cfg.generation)), vars(cfg.validate.budgets)
-        except ConfigError:
-            defaults, budgets = Sampling(), None
+        defaults, budgets = ((Sampling(**vars(cfg.generation)), vars(cfg.validate.budgets)) if cfg is not None
+                             else (Sampling(), None))
         return cls(Model(model_file, "pytorch", lambda: TorchDecoder(network), tokenizer, defaults, EOS_ID,
                          (meta.get("training_state") or {}).get("best_validation_loss"), budgets, None))
 

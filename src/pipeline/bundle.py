@@ -20,7 +20,7 @@ from typing import Any
 
 from src import paths
 from src.atomic import json_bytes
-from src.config import BudgetConfig, GenerationConfig, load_config
+from src.config import BudgetConfig, GenerationConfig, TokenizerName, load_config
 from src.data.tokenizer import TokenizerError, load_tokenizer
 from src.lib.runtime import bundle
 from src.lib.runtime.model import load_bundle
@@ -174,9 +174,10 @@ def create_bundle(model: Path, tokenizer: Path, out: Path, inputs: BundleInputs)
     return out
 
 
-def pipeline_inputs(generation: GenerationConfig, budgets: BudgetConfig | None, *, required: bool) -> BundleInputs:
-    """The pipeline's metrics and sources for a bundle; ``required``: each must exist (the stage), else each is
-    taken when it exists (a bundle made by hand from a checkpoint)."""
+def pipeline_inputs(generation: GenerationConfig, budgets: BudgetConfig | None, model: Path, tokenizer: Path, *,
+                    required: bool) -> BundleInputs:
+    """The pipeline's metrics and sources for a bundle of ``model`` and ``tokenizer``; ``required``: each must exist
+    (the stage), else each is taken when it exists (a bundle made by hand from a checkpoint)."""
     files = {"train_metrics": (paths.TRAIN_METRICS, "train"),
              "tokenizer_metrics": (paths.TOKENIZER_METRICS, "tokenize"),
              "sources": (paths.CORPUS_SOURCES, "download")}
@@ -186,20 +187,20 @@ def pipeline_inputs(generation: GenerationConfig, budgets: BudgetConfig | None, 
             found[name] = read_json(path)
         elif required:
             raise missing_input(path, stage)
-    inputs = (paths.BEST_MODEL, paths.TOKENIZER_MODEL, *(path for path, _ in files.values()))
+    inputs = (Path(model), Path(tokenizer), *(path for path, _ in files.values()))
     recorded = {str(path): md5_of(path) for path in inputs if path.is_file()}
     return BundleInputs(generation, budgets, train_metrics=found.get("train_metrics", {}).get("train", {}),
                         tokenizer_metrics=found.get("tokenizer_metrics", {}).get("tokenizer", {}),
                         sources=found.get("sources", {}).get("books", []), recorded=recorded)
 
 
-def make_bundle(generation: GenerationConfig, budgets: BudgetConfig) -> Path:
+def make_bundle(generation: GenerationConfig, budgets: BudgetConfig, tokenizer_name: TokenizerName) -> Path:
     """The stage: the best model and its tokenizer, with every pipeline input required."""
-    for needed, stage in ((paths.BEST_MODEL, "train"), (paths.TOKENIZER_MODEL, "tokenize")):
+    for needed, stage in ((paths.BEST_MODEL, "train"), (tokenizer_name.model, "tokenize")):
         if not needed.is_file():
             raise missing_input(needed, stage)
-    out = create_bundle(paths.BEST_MODEL, paths.TOKENIZER_MODEL, paths.BUNDLE_DIR,
-                        pipeline_inputs(generation, budgets, required=True))
+    out = create_bundle(paths.BEST_MODEL, tokenizer_name.model, paths.BUNDLE_DIR,
+                        pipeline_inputs(generation, budgets, paths.BEST_MODEL, tokenizer_name.model, required=True))
     log.info("bundle written to %s and verified", out)
     return out
 
@@ -209,7 +210,7 @@ def main() -> None:
 
     def body() -> None:
         cfg = load_config(args.params)
-        make_bundle(cfg.generation, cfg.validate.budgets)
+        make_bundle(cfg.generation, cfg.validate.budgets, cfg.tokenizer_name)
 
     run_stage("bundle", body, expected=(BundleInputError, bundle.BundleError))
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from src import paths
 from src.atomic import write_json
-from src.config import ModelConfig, TrainConfig, load_config
+from src.config import ModelConfig, TokenizerName, TrainConfig, load_config
 from src.data.dataset import TokenDataError
 from src.data.tokenizer import TokenizerError, load_tokenizer
 from src.model.checkpoint import CheckpointError, export_model
@@ -36,9 +36,10 @@ log = logging.getLogger(__name__)
 FRESH_ENV = "TT_TRAIN_FRESH"
 
 
-def run_train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, fresh: bool = False,
-              tokens_dir: Path = paths.TOKENS_DIR, tokenizer_file: Path = paths.TOKENIZER_MODEL,
-              checkpoint_dir: Path = paths.CHECKPOINT_DIR, workers: Workers = single_process()) -> TrainingResult:
+def run_train(model_cfg: ModelConfig, train_cfg: TrainConfig, tokenizer_name: TokenizerName, *, fresh: bool = False,
+              tokens_dir: Path = paths.TOKENS_DIR, checkpoint_dir: Path = paths.CHECKPOINT_DIR,
+              periodic_dir: Path = paths.PERIODIC_DIR, workers: Workers = single_process()) -> TrainingResult:
+    tokenizer_file = tokenizer_name.model
     for needed in (tokenizer_file, tokens_dir / "train.bin", tokens_dir / "validation.bin", tokens_dir / "meta.json"):
         if not needed.is_file():
             raise missing_input(needed, "tokenize")
@@ -54,8 +55,8 @@ def run_train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, fresh: bool = F
         vocab_size = load_tokenizer(tokenizer_file).get_piece_size()
         with cores or contextlib.nullcontext():
             result = train(model_cfg, train_cfg, vocab_size=vocab_size, tokens_dir=tokens_dir,
-                           tokenizer_file=tokenizer_file, checkpoint_dir=checkpoint_dir, fresh=fresh,
-                           workers=workers, on_evaluation=evaluated)
+                           tokenizer_file=tokenizer_file, checkpoint_dir=checkpoint_dir, periodic_dir=periodic_dir,
+                           fresh=fresh, workers=workers, on_evaluation=evaluated)
     except (TokenDataError, TokenizerError) as exc:
         raise PrerequisiteError(str(exc)) from None
     if workers.is_main:
@@ -68,7 +69,8 @@ def write_outputs(result: TrainingResult) -> None:
 
     metrics/train.json holds what the run computed and what it ran on (``train.*`` in `dvc exp show`): two runs
     of one commit on one machine write it identically. How long they took goes to metrics/train_speed.json
-    (``train_speed.*``). data/training_metrics.json keeps the seed's form.
+    (``train_speed.*``). data/training_metrics.json is the quickstart's form (``epoch_history``, a row per epoch,
+    and ``final_metrics``) with every evaluation besides (``history``).
     """
     export_model(result.best_checkpoint, paths.BEST_MODEL)
     export_model(result.last_checkpoint, paths.FINAL_MODEL)
@@ -78,10 +80,13 @@ def write_outputs(result: TrainingResult) -> None:
     total_seconds = sum(t["seconds"] for t in result.timings)
     tokens_per_sec = sum(t["tokens_per_sec"] * t["seconds"] for t in result.timings) / total_seconds
     best = next(h for h in history if h["epoch"] == state.best_epoch)
+    rows = [{**row, "tokens_per_sec": t["tokens_per_sec"]}
+            for row, t in zip(history_with_seconds(history, result.timings), result.timings)]
+    epochs = epoch_rows(rows)
     results = {
         "epochs": state.epoch,
         "steps": state.step,
-        "final_train_loss": last["train_loss"],
+        "final_train_loss": epochs[-1]["train_loss"],
         "final_validation_loss": last["validation_loss"],
         "best_validation_loss": state.best_validation_loss,
         "best_epoch": state.best_epoch,
@@ -91,9 +96,7 @@ def write_outputs(result: TrainingResult) -> None:
         "parameters": result.parameters,
     }
     speed = {"seconds": total_seconds, "tokens_per_sec": tokens_per_sec}
-    rows = history_with_seconds(history, result.timings)
-    write_json(paths.TRAINING_METRICS, {"history": [{**row, "tokens_per_sec": t["tokens_per_sec"]}
-                                                    for row, t in zip(rows, result.timings)],
+    write_json(paths.TRAINING_METRICS, {"epoch_history": epochs, "history": rows,
                                         "final_metrics": {**results, "total_training_time": total_seconds,
                                                           "tokens_per_sec": tokens_per_sec},
                                         "environment": result.environment})
@@ -103,6 +106,21 @@ def write_outputs(result: TrainingResult) -> None:
     log.info("done: %d epochs, best validation loss %.4f (epoch %d), final %.4f, %.0f s, %.0f tokens/s",
              state.epoch, state.best_validation_loss, state.best_epoch, last["validation_loss"],
              total_seconds, tokens_per_sec)
+
+
+def epoch_rows(rows: list[dict]) -> list[dict]:
+    """A row per epoch: its end's evaluation row, with the epoch's mean training loss (each evaluation's rows
+    weighted by the tokens they cover) and its training seconds (``epoch_seconds``)."""
+    epochs: list[dict] = []
+    loss_sum, tokens, covered_before, seconds_before = 0.0, 0, 0, 0.0
+    for row in rows:
+        covered = row["tokens"] - covered_before
+        loss_sum, tokens, covered_before = loss_sum + row["train_loss"] * covered, tokens + covered, row["tokens"]
+        if float(row["epoch"]).is_integer():
+            epochs.append({**row, "epoch": int(row["epoch"]), "train_loss": loss_sum / tokens,
+                           "epoch_seconds": row["seconds"] - seconds_before})
+            loss_sum, tokens, seconds_before = 0.0, 0, row["seconds"]
+    return epochs
 
 
 def write_plot(rows: list[dict]) -> None:
@@ -147,7 +165,7 @@ def main() -> None:
         if not workers.is_main:
             logging.getLogger().setLevel(logging.WARNING)  # one worker speaks for all
         try:
-            run_train(cfg.model, cfg.train, fresh=os.environ.get(FRESH_ENV) == "1", workers=workers)
+            run_train(cfg.model, cfg.train, cfg.tokenizer_name, fresh=os.environ.get(FRESH_ENV) == "1", workers=workers)
         finally:
             leave()
 

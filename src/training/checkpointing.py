@@ -1,15 +1,17 @@
 """The checkpoints of one training run: what produced them, where to resume, what to write, what a finished run leaves.
 
-The folder holds ``last.pt`` (the newest state), ``best.pt`` (the state after the epoch with the lowest
-validation loss) and ``epoch_NNNN.pt`` every ``train.checkpoint_every`` epochs. After epoch E they are
-written in that order: best (if E improved), epoch_E, last. Two checkpoints of one recipe at one epoch
-hold the same state, so whichever survives a crash serves for any of them.
+The run's folder holds ``last.pt`` (the newest state) and ``best.pt`` (the state after the epoch with the
+lowest validation loss); every ``train.checkpoint_every`` epochs a periodic ``checkpoint_epoch_E.pt`` goes to
+its own folder (the pipeline's: data/, the quickstart's names). After epoch E they are written in that order:
+best (if E improved), checkpoint_epoch_E, last. Two checkpoints of one recipe at one epoch hold the same state,
+so whichever survives a crash serves for any of them.
 
 The invariant a finished run leaves, and that every run restores before it returns: ``last.pt`` holds
 the final epoch and ``best.pt`` the best one. A run resumes from the newest checkpoint of its recipe;
 when the best epoch's state was lost (best.pt deleted or damaged, no other checkpoint of that epoch),
 it resumes from before that epoch instead, and training it again restores it. A checkpoint that cannot
-be read, or that another recipe made, is moved to ``set_aside/``, never deleted.
+be read, or that another recipe made, is moved to the run folder's ``set_aside/``, never deleted. Periodic
+checkpoints an earlier version wrote into the run folder (``epoch_NNNN.pt``) are moved to their new names.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
@@ -26,13 +30,22 @@ import torch
 from src.atomic import remove_leftovers, write_atomic
 from src.config import ModelConfig, TrainConfig
 from src.model.checkpoint import CheckpointError, code_digest, file_digest, load_checkpoint, save_checkpoint, set_aside
+from src.paths import PERIODIC_CHECKPOINT
 from src.training.distributed import Workers
 
 log = logging.getLogger(__name__)
 
 SRC = Path(__file__).resolve().parents[1]
-# The code whose change makes an old checkpoint a different recipe.
-TRAINING_CODE = (SRC / "model", SRC / "training", SRC / "data" / "dataset.py")
+# The code whose change makes an old checkpoint a different recipe: what decides a run's numbers.
+RECIPE_CODE = (SRC / "model" / "transformer.py", SRC / "model" / "loss.py", SRC / "data" / "dataset.py",
+               SRC / "training" / "step.py", SRC / "training" / "optimizers.py", SRC / "training" / "schedule.py")
+# Code digests of earlier versions whose checkpoints this code continues exactly: their numbers are made by the
+# code RECIPE_CODE holds now, only their bookkeeping differed. An entry is added when a change leaves the numbers
+# alone, and the set is emptied when they change. Digests are of Python 3.11's syntax trees (``code_digest``).
+SAME_NUMERICS = {
+    # 27c74df, which hashed all of src/model, src/training and src/data/dataset.py, before the quickstart's names.
+    "70d39aceb8cc43da035b800c10ba75f962e9fac847b00f14f813df85631e5d63",
+}
 # Train params that do not change the recipe: a run may resume under other values of these.
 BOOKKEEPING_PARAMS = ("checkpoint_every", "plateau_loss", "compile", "device", "nproc", "threads")
 LAST = "last.pt"
@@ -49,8 +62,16 @@ def fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_dir: Path
         "data": file_digest(*(tokens_dir / name for name in ("train.bin", "validation.bin", "meta.json"))),
         "tokenizer": file_digest(tokenizer_file),
         "params": hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest(),
-        "code": code_digest(*TRAINING_CODE),
+        "code": code_digest(*RECIPE_CODE),
     }
+
+
+def same_recipe(recorded: dict[str, str] | None, stamp: dict[str, str]) -> bool:
+    """Did a checkpoint's recorded fingerprint come from this recipe (its code, or code of the same numbers)?"""
+    if not isinstance(recorded, dict):
+        return False
+    same_code = recorded.get("code") == stamp["code"] or recorded.get("code") in SAME_NUMERICS
+    return same_code and all(recorded.get(key) == value for key, value in stamp.items() if key != "code")
 
 
 def snapshot(epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -62,22 +83,28 @@ def snapshot(epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimize
             "shape": asdict(model.shape), "fingerprint": stamp, "config": config}
 
 
+_PERIODIC = re.compile(re.escape(PERIODIC_CHECKPOINT).replace(r"\{epoch\}", r"(\d+)") + "$")
+_LEGACY_PERIODIC = re.compile(r"epoch_(\d{4,})\.pt$")  # in the run folder, before the quickstart's names
+
+
 def epoch_name(epoch: int) -> str:
-    return f"epoch_{epoch:04d}.pt"
+    return PERIODIC_CHECKPOINT.format(epoch=epoch)
 
 
 class RunCheckpoints:
-    """One run's checkpoint folder, and the epoch each usable checkpoint in it holds."""
+    """One run's checkpoints (its folder, and the periodic ones in ``periodic_dir``), and the epoch each usable
+    one holds. ``path(name)`` is where the checkpoint called ``name`` lives."""
 
-    def __init__(self, directory: Path, stamp: dict[str, str], checkpoint_every: int):
+    def __init__(self, directory: Path, stamp: dict[str, str], checkpoint_every: int, periodic_dir: Path | None = None):
         self.directory, self.stamp, self.checkpoint_every = Path(directory), stamp, checkpoint_every
+        self.periodic_dir = Path(periodic_dir) if periodic_dir is not None else self.directory
         self.epochs: dict[str, int] = {}  # file name -> epoch, for the checkpoints of this recipe
 
     @classmethod
     def open(cls, directory: Path, stamp: dict[str, str], checkpoint_every: int, workers: Workers,
-             fresh: bool = False) -> RunCheckpoints:
+             fresh: bool = False, periodic_dir: Path | None = None) -> RunCheckpoints:
         """The folder scanned by every worker; the main worker tidies it first, so all find one resume point."""
-        checkpoints = cls(directory, stamp, checkpoint_every)
+        checkpoints = cls(directory, stamp, checkpoint_every, periodic_dir)
         if workers.is_main:
             checkpoints.scan(tidy=True, fresh=fresh)
         workers.barrier()
@@ -99,7 +126,23 @@ class RunCheckpoints:
         return {"training_state": resume["training_state"], "timings": resume["timings"]}
 
     def path(self, name: str) -> Path:
-        return self.directory / name
+        return (self.periodic_dir if _PERIODIC.match(name) else self.directory) / name
+
+    def files(self) -> list[Path]:
+        """Every checkpoint file of the run, in its folder and periodic ones beside it."""
+        periodic = [p for p in sorted(self.periodic_dir.glob("*.pt")) if _PERIODIC.match(p.name)]
+        own = [p for p in sorted(self.directory.glob("*.pt")) if p not in periodic]
+        return own + periodic
+
+    def move_legacy_periodic(self) -> None:
+        """Give periodic checkpoints an earlier version wrote into the run folder (epoch_0005.pt) their names now."""
+        for path in sorted(self.directory.glob("epoch_*.pt")):
+            match = _LEGACY_PERIODIC.match(path.name)
+            target = self.path(epoch_name(int(match.group(1)))) if match else None
+            if target is not None and not target.exists():
+                self.periodic_dir.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+                log.info("moved %s to %s", path, target)
 
     def scan(self, *, tidy: bool, fresh: bool = False) -> None:
         """Record the epoch of every checkpoint of this recipe in the folder.
@@ -109,24 +152,26 @@ class RunCheckpoints:
         """
         if tidy:
             self.directory.mkdir(parents=True, exist_ok=True)
-            for leftover in remove_leftovers(self.directory):
-                log.info("removed %s, left by an interrupted write", leftover)
+            for folder in {self.directory, self.periodic_dir}:
+                for leftover in remove_leftovers(folder):
+                    log.info("removed %s, left by an interrupted write", leftover)
+            self.move_legacy_periodic()
         self.epochs = {}
-        for path in sorted(self.directory.glob("*.pt")):
+        for path in self.files():
             if fresh:
-                log.info("fresh start: %s set aside to %s", path, set_aside(path))
+                log.info("fresh start: %s set aside to %s", path, set_aside(path, self.directory))
                 continue
             try:
                 state = load_checkpoint(path)
             except CheckpointError as exc:
                 if tidy:
-                    log.warning("%s; set aside to %s", exc, set_aside(path))
+                    log.warning("%s; set aside to %s", exc, set_aside(path, self.directory))
                 continue
-            if state.get("fingerprint") != self.stamp:
+            if not same_recipe(state.get("fingerprint"), self.stamp):
                 if tidy:
                     changed = [k for k in self.stamp if (state.get("fingerprint") or {}).get(k) != self.stamp[k]]
                     log.warning("checkpoint %s was made with different %s; set aside to %s, training starts fresh",
-                                path, ", ".join(changed), set_aside(path))
+                                path, ", ".join(changed), set_aside(path, self.directory))
                 continue
             self.epochs[path.name] = state["epoch"]
 

@@ -1,10 +1,9 @@
 """The training loop: optimizer steps, evaluations every N steps and at each epoch's end, checkpoints after each.
 
-A run repeats bit for bit on one machine (same threads and workers): every kernel it runs is
-deterministic (``deterministic_algorithms``), each epoch's data order comes from its own generator
-seeded by (seed, epoch), and checkpoints, taken at epoch boundaries, carry the model, optimizer,
-scheduler and RNG state, so a run resumed from any checkpoint ends exactly where an uninterrupted run
-ends.
+A run repeats bit for bit on one machine (same threads and workers): the step and the data order
+(``src.training.step``) are deterministic, and checkpoints, taken at epoch boundaries, carry the model,
+optimizer, scheduler and RNG state, so a run resumed from any checkpoint ends exactly where an uninterrupted
+run ends.
 
 Under torchrun every worker draws the same global batches and trains on its own slice of each; DDP
 averages the gradients, so the global batch, and the result, are those of a single process. Rank 0
@@ -13,17 +12,14 @@ alone writes checkpoints.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from src.config import ModelConfig, TrainConfig
@@ -32,8 +28,9 @@ from src.model.transformer import ModelShape, TinyTransformer
 from src.training.checkpointing import BEST, LAST, RunCheckpoints, fingerprint, snapshot
 from src.training.distributed import Workers, single_process
 from src.training.optimizers import make_optimizer
-from src.training.speed_choices import (attention_kernel, best_of_rounds, machine_key, precision_context,
-                                        resolve_attention, resolve_compile, resolve_precision)
+from src.training.speed_choices import (best_of_rounds, machine_key, resolve_attention, resolve_compile,
+                                        resolve_precision)
+from src.training.step import deterministic_algorithms, epoch_generator, make_train_step, precision_context
 from src.training.schedule import make_scheduler
 
 log = logging.getLogger(__name__)
@@ -62,73 +59,6 @@ class TrainingResult:
     resumed_from_epoch: int
     environment: dict[str, object]  # what the numbers depend on beyond the recipe (Workers.environment)
     timings: list[dict[str, float]]  # per history row: the training seconds (evaluation excluded) and tokens/s since the row before
-
-
-@contextlib.contextmanager
-def deterministic_algorithms() -> Iterator[None]:
-    """Only deterministic kernels while training; the previous setting is restored afterwards.
-
-    Without it, torch.compile's CPU code adds up the embedding's gradient with atomic adds from several
-    threads, in an order that changes from run to run, and so do the sum's last bits. Inductor reads the
-    setting when it compiles and keys its caches on it. ``warn_only``: an operation that has no
-    deterministic kernel (on CUDA, some) warns instead of stopping the run.
-    """
-    enabled = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
-
-
-class NextTokenLoss(nn.Module):
-    """The training objective as one module, so that DDP and torch.compile wrap a single forward."""
-
-    def __init__(self, model: TinyTransformer):
-        super().__init__()
-        self.model = model
-
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.model.loss(inputs, targets)
-
-
-def make_train_step(model: TinyTransformer, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, cfg: TrainConfig,
-                    workers: Workers = single_process()) -> Callable[[torch.Tensor, torch.Tensor], float]:
-    """One optimizer step on a global batch; returns its loss. A non-finite loss is returned unapplied.
-
-    ``cfg`` holds the precision and attention kernel the step runs, resolved (``speed_choices``).
-
-    Each worker computes the loss of its slice of the batch; DDP averages the gradients in backward.
-    """
-    objective: nn.Module = NextTokenLoss(model)
-    if workers.distributed:
-        objective = DistributedDataParallel(
-            objective, device_ids=[workers.device] if workers.device.type == "cuda" else None)
-    if cfg.compile:
-        if workers.distributed:
-            # Dynamo's DDP optimizer, which cuts the graph at DDP's gradient buckets to overlap their
-            # all-reduce with backward, fails on this model in PyTorch 2.13 ("'int' object has no
-            # attribute 'meta'"). One graph per step is compiled instead; DDP's hooks still reduce.
-            torch._dynamo.config.optimize_ddp = False
-        objective = torch.compile(objective)
-
-    def step(inputs: torch.Tensor, targets: torch.Tensor) -> float:
-        inputs, targets = workers.slice(inputs), workers.slice(targets)
-        with attention_kernel(cfg.attention), precision_context(cfg.precision, workers.device):
-            loss = objective(inputs, targets)
-        value = workers.mean(loss.item())  # every worker sees a NaN on any one of them
-        if not math.isfinite(value):
-            return value
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        return value
-
-    return step
 
 
 @dataclass(frozen=True)
@@ -172,9 +102,13 @@ def evaluate(model: TinyTransformer, split: TokenSplit, length: int, batch_size:
 
 
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, tokens_dir: Path,
-          tokenizer_file: Path, checkpoint_dir: Path, fresh: bool = False, workers: Workers = single_process(),
+          tokenizer_file: Path, checkpoint_dir: Path, periodic_dir: Path | None = None, fresh: bool = False,
+          workers: Workers = single_process(),
           on_evaluation: Callable[[list[dict[str, Any]]], None] | None = None) -> TrainingResult:
     """Train (or resume) until ``train_cfg.epochs`` epochs are complete; return where things are.
+
+    The run's checkpoints go to ``checkpoint_dir``, its periodic ones to ``periodic_dir`` (the same folder when
+    None).
 
     ``on_evaluation`` gets the history (with each row's cumulative training seconds) after every evaluation,
     on the main worker.
@@ -190,7 +124,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
     optimizer = make_optimizer(model, train_cfg)
     scheduler = make_scheduler(optimizer, train_cfg, steps_per_epoch * train_cfg.epochs)
     stamp = fingerprint(model_cfg, train_cfg, tokens_dir, tokenizer_file)
-    checkpoints = RunCheckpoints.open(checkpoint_dir, stamp, train_cfg.checkpoint_every, workers, fresh)
+    checkpoints = RunCheckpoints.open(checkpoint_dir, stamp, train_cfg.checkpoint_every, workers, fresh, periodic_dir)
     state, timings = TrainingState(), []
     progress = checkpoints.restore(model, optimizer, scheduler)
     if progress is not None:
@@ -296,11 +230,6 @@ def measure_compile(cfg: TrainConfig, shape: ModelShape, batch: int, device: tor
     return {"compile_s": compile_s, "eager_ms": seconds["eager"] * 1e3, "compiled_ms": seconds["compiled"] * 1e3}
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The generator that orders epoch ``epoch``'s batches: the same for a run, a resumed run and a benchmark."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
 def history_with_seconds(history: list[dict[str, Any]], timings: list[dict[str, float]]) -> list[dict[str, Any]]:
     """Each history row with the training seconds (evaluation excluded) from the start to it."""
     rows, seconds = [], 0.0
@@ -320,7 +249,7 @@ def run_epoch(state: TrainingState, timings: list[dict[str, float]], step: Calla
     steps_per_epoch = train_split.batches_per_epoch(length, cfg.batch_size)
     generator = epoch_generator(cfg.seed, epoch)
     loss_sum, tokens_seen, seconds = 0.0, 0, 0.0  # since the last evaluation
-    epoch_seconds, epoch_tokens = 0.0, 0
+    epoch_seconds, epoch_tokens, epoch_loss_sum = 0.0, 0, 0.0
     bar = tqdm(train_split.epoch_batches(length, cfg.batch_size, generator), total=steps_per_epoch,
                desc=f"epoch {epoch}/{cfg.epochs}", unit="step", disable=None if workers.is_main else True, leave=False)
     started = time.perf_counter()
@@ -349,13 +278,14 @@ def run_epoch(state: TrainingState, timings: list[dict[str, float]], step: Calla
             timings.append({"seconds": seconds, "tokens_per_sec": tokens_seen / seconds})
             evaluated()
             epoch_seconds, epoch_tokens = epoch_seconds + seconds, epoch_tokens + tokens_seen
+            epoch_loss_sum += loss_sum
             loss_sum, tokens_seen, seconds = 0.0, 0, 0.0
             started = time.perf_counter()
     bar.close()
     last = state.history[-1]
     validation_loss = last["validation_loss"]
     log.info("epoch %d/%d: train loss %.4f, validation loss %.4f (%.3f bits/byte), %.0f tokens/s, %.1fs of training",
-             epoch, cfg.epochs, last["train_loss"], validation_loss, last["validation_bits_per_byte"],
+             epoch, cfg.epochs, epoch_loss_sum / epoch_tokens, validation_loss, last["validation_bits_per_byte"],
              epoch_tokens / epoch_seconds, epoch_seconds)
     if epoch >= 2 and validation_loss > cfg.plateau_loss:
         log.warning("validation loss %.2f is still above %.1f after %d epochs: the model is barely learning. "
