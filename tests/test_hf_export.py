@@ -15,9 +15,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # read when transformers is imported: nothin
 
 import json
 import re
+import shutil
 import subprocess
 import sys
-import shutil
 from pathlib import Path
 
 import numpy as np
