@@ -11,7 +11,9 @@ model the way sentencepiece encodes:
 - byte fallback spells what the vocabulary lacks as its UTF-8 bytes; decoding turns U+2581 back into a space
   and the bytes back into characters;
 - the control pieces and the unknown piece are special tokens: never produced from text by sentencepiece, they
-  are read as themselves by `transformers` when a text spells them ("<s>"), as it does for every model.
+  are read as themselves by `transformers` when a text spells them ("<s>"), as it does for every model; so is,
+  by a Unigram model, a byte piece spelled out ("<0x41>"). Only such text tokenizes otherwise than
+  sentencepiece's.
 
 sentencepiece's model file is a protocol buffer; the few fields read here are decoded by ``_fields`` rather than
 through protobuf, which nothing else in the project needs.
