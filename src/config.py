@@ -362,7 +362,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """The sampling a bundle ships as its default (generation.json); a generate call's options override it."""
+    """The sampling a bundle ships as its default (generation_config.json); a generate call's options override it."""
     temperature: float = number("generation.temperature", float, 0, 10)  # 0 = greedy
     top_k: int = number("generation.top_k", int, 0, 65536)  # 0 = no cut
     top_p: float = number("generation.top_p", float, 0, 1, lo_open=True)  # 1 = no cut

@@ -20,7 +20,9 @@ def test_the_stage_writes_a_verified_self_describing_bundle(tiny_pipeline):
         k: v for k, v in checkpoint["shape"].items() if k != "dropout"}
     assert config["tie_embeddings"] and config["special_tokens"]["eos"] == 3 and config["rope_pairing"] == "half"
     assert (out / bundle.TOKENIZER).read_bytes() == (tiny_pipeline / "data/bilingual_1k.model").read_bytes()
-    assert json.loads((out / bundle.GENERATION).read_text()) == {"temperature": 0.8, "top_k": 40, "top_p": 0.95}
+    assert json.loads((out / bundle.GENERATION).read_text()) == {
+        "temperature": 0.8, "top_k": 40, "top_p": 0.95, "do_sample": True,
+        "bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 0}
 
     metrics = json.loads((out / bundle.METRICS).read_text())
     train = json.loads((tiny_pipeline / "metrics/train.json").read_text())["train"]
@@ -37,7 +39,8 @@ def test_the_stage_writes_a_verified_self_describing_bundle(tiny_pipeline):
         (tiny_pipeline / "data/best_model.pt").read_bytes()).hexdigest()
 
     card = (out / bundle.MODEL_CARD).read_text()
-    assert card.startswith("---\nlanguage:\n- en\n- es\nlicense: mit\n") and "\n---\n" in card
+    assert card.startswith("---\nlanguage:\n- en\n- es\nlicense: mit\nlibrary_name: transformers\n")
+    assert "\n---\n" in card
     for section in ("## Data", "## Metrics", "## Intended use", "## Limitations"):
         assert section in card
 

@@ -144,13 +144,20 @@ def oversized_tensor(directory: Path) -> None:
     rewrite_manifest(directory, bundle.WEIGHTS)
 
 
+def disagreeing_config(directory: Path) -> None:
+    """config.json's Hugging Face fields say another window than its runtime fields; the manifest made to agree."""
+    path = directory / bundle.CONFIG
+    path.write_text(json.dumps({**json.loads(path.read_text()), "sliding_window": 64}))
+    rewrite_manifest(directory, bundle.CONFIG)
+
+
 TAMPERING = {
     "a changed byte": (flip_a_byte, "model.safetensors: its sha256 is not the manifest's"),
     "a missing file": (lambda d: (d / bundle.TOKENIZER).unlink(), "tokenizer.model"),
     "an extra file": (lambda d: (d / "payload.pkl").write_bytes(b"\x80\x04K\x01."),
                       "payload.pkl: not part of the bundle"),
     "an edited manifest": (lambda d: (d / bundle.MANIFEST).write_text(
-        (d / bundle.MANIFEST).read_text().replace('"format": 1', '"format": 1, "signed": true')),
+        (d / bundle.MANIFEST).read_text().replace('"format": 2', '"format": 2, "signed": true')),
         "manifest.json: expected exactly the keys"),
     "a manifest with a wrong size": (lambda d: (d / bundle.MANIFEST).write_text(json.dumps({
         **json.loads((d / bundle.MANIFEST).read_text()),
@@ -158,6 +165,8 @@ TAMPERING = {
                   bundle.CONFIG: {"sha256": "0" * 64, "size": 1}}})), "config.json"),
     "a header that asks for gigabytes": (lambda d: lying_header(d, 2**40), "model.safetensors: its header claims"),
     "a tensor bigger than the file": (oversized_tensor, "model.safetensors: tensor"),
+    "Hugging Face fields that disagree": (disagreeing_config,
+                                          "config.json: 'sliding_window' is 64; the runtime's fields make it 32"),
 }
 
 

@@ -109,7 +109,7 @@ class Model:
     runtime: str  # "bundle" (numpy) | "pytorch"
     new_decoder: Callable[[], Decoder]  # a decoder with its own KV cache, one for each generation
     tokenizer: Any  # a sentencepiece processor
-    defaults: Sampling  # a bundle's generation.json, else the params' generation section
+    defaults: Sampling  # a bundle's generation_config.json, else the params' generation section
     eos_id: int
     best_validation_loss: float | None
     budgets: dict[str, float] | None  # what the model may use on a device (the CLI's --safety-mode strict)

@@ -13,6 +13,7 @@ from safetensors.numpy import load as load_safetensors
 
 from src.lib.runtime.bundle import CONFIG, GENERATION, METRICS, TOKENIZER, WEIGHTS, BundleError, read_bundle
 from src.lib.runtime.decoder import Decoder, tensor_shapes
+from src.lib.runtime.hf_format import hf_config
 from src.lib.runtime.sampling import Sampling
 
 # The longest context a bundle may ask for: its KV cache is allocated before any token is read.
@@ -27,7 +28,7 @@ class BundleModel:
     config: dict[str, Any]
     weights: dict[str, np.ndarray]
     tokenizer: spm.SentencePieceProcessor
-    sampling: Sampling  # the bundle's defaults (generation.json)
+    sampling: Sampling  # the bundle's defaults (generation_config.json)
     metrics: dict[str, Any]
 
     def decoder(self) -> Decoder:
@@ -56,11 +57,24 @@ def _check_config(config: Any, path: Path) -> dict[str, Any]:
     return config
 
 
+def _check_hf_fields(config: dict[str, Any], path: Path) -> None:
+    """``transformers`` reads config.json's Hugging Face fields, this runtime its own: both must be one model."""
+    try:
+        expected = hf_config(config)
+    except (KeyError, TypeError):
+        raise BundleError(f"{path}: 'special_tokens' must map pad, unk, bos and eos to ids") from None
+    wrong = next((key for key, value in expected.items() if config.get(key) != value), None)
+    if wrong is not None:
+        raise BundleError(f"{path}: '{wrong}' is {config.get(wrong)!r}; the runtime's fields make it "
+                          f"{expected[wrong]!r}")
+
+
 def load_bundle(directory: Path | str) -> BundleModel:
     """Read, verify and load the bundle in ``directory``; BundleError (naming the file) when it cannot be used."""
     contents = read_bundle(Path(directory))
     where = contents.directory
     config = _check_config(contents.json(CONFIG), where / CONFIG)
+    _check_hf_fields(config, where / CONFIG)
     weights = load_safetensors(contents.files[WEIGHTS])
     shapes = tensor_shapes(config)
     if sorted(weights) != sorted(shapes):
