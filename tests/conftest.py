@@ -23,7 +23,8 @@ import yaml
 
 from src import paths
 from src.config import ConfigError, ModelConfig, TrainConfig, names_called_for
-from src.data.dataset import SplitStats, write_token_dataset
+from src.data.dataset import SplitStats
+from src.data.token_files import write_token_dataset
 from src.model.checkpoint import load_checkpoint, save_checkpoint
 from src.training.trainer import train
 

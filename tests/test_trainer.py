@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch.profiler import profile
 
-from src.data.dataset import BookTokens, SplitStats, TokenSplit, write_token_dataset
+from src.data.dataset import BookTokens, SplitStats, TokenSplit
+from src.data.token_files import write_token_dataset
 from src.model.checkpoint import load_checkpoint, save_checkpoint
 from src.model.transformer import ModelShape, TinyTransformer
 from src.training.optimizers import make_optimizer

@@ -1,22 +1,19 @@
-"""The token dataset: each split's token ids as a flat uint16 file, read back through a memmap.
+"""The token dataset, read: each split's token ids as a flat uint16 file through a memmap, and its batches.
 
-Books are joined with an end-of-sequence id between them. Training draws random contiguous windows;
-validation walks fixed, non-overlapping windows from the start so its loss is comparable across runs.
+Books are joined with an end-of-sequence id between them (src/data/token_files.py writes them). Training draws
+random contiguous windows; validation walks fixed, non-overlapping windows from the start so its loss is
+comparable across runs. Part of the recipe a checkpoint's fingerprint hashes: it decides the data order.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import sentencepiece as spm
 import torch
 
-from src.atomic import write_atomic, write_json
-from src.data.corpus import BookSplit, part_text
-from src.data.tokenizer import EOS_ID
 from src.paths import not_found
 
 TOKEN_DTYPE = np.uint16
@@ -44,28 +41,6 @@ class SplitStats:
     @classmethod
     def from_dict(cls, stats: dict) -> "SplitStats":
         return cls(stats["tokens"], stats["bytes"], tuple(BookTokens(**book) for book in stats.get("books", ())))
-
-
-def encode_split(processor: spm.SentencePieceProcessor, corpus: bytes, splits: list[BookSplit],
-                 part: str) -> tuple[np.ndarray, SplitStats]:
-    """Token ids of one part ("train" or "validation") of every book, books separated by EOS."""
-    if processor.get_piece_size() > np.iinfo(TOKEN_DTYPE).max + 1:
-        raise ValueError(f"a vocabulary of {processor.get_piece_size()} pieces does not fit uint16 token ids")
-    ids: list[int] = []
-    books = []
-    for split in splits:
-        start, end = getattr(split, part)
-        book_ids = processor.encode(part_text(corpus, (start, end))) + [EOS_ID]
-        ids.extend(book_ids)
-        books.append(BookTokens(split.name, split.language, len(book_ids), end - start))
-    return np.asarray(ids, dtype=TOKEN_DTYPE), SplitStats(len(ids), sum(b.bytes for b in books), tuple(books))
-
-
-def write_token_dataset(directory: Path, parts: dict[str, tuple[np.ndarray, SplitStats]]) -> None:
-    for name, (ids, _) in parts.items():
-        write_atomic(directory / f"{name}.bin", ids.tobytes())
-    meta = {name: asdict(stats) for name, (_, stats) in parts.items()}
-    write_json(directory / "meta.json", meta)
 
 
 class TokenSplit:

@@ -12,7 +12,7 @@ from src import paths
 from src.atomic import write_json
 from src.config import CorpusName, SplitConfig, TokenizerConfig, TokenizerName, load_config
 from src.data.corpus import part_text, read_index, split_books
-from src.data.dataset import encode_split, write_token_dataset
+from src.data.token_files import encode_split, write_token_dataset
 from src.data.tokenizer import TokenizerError, held_out_metrics, train_tokenizer
 from src.pipeline.stage import StageError, missing_input, run_stage, stage_arguments
 

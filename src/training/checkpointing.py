@@ -45,6 +45,8 @@ RECIPE_CODE = (SRC / "model" / "transformer.py", SRC / "model" / "loss.py", SRC 
 SAME_NUMERICS = {
     # 27c74df, which hashed all of src/model, src/training and src/data/dataset.py, before the quickstart's names.
     "70d39aceb8cc43da035b800c10ba75f962e9fac847b00f14f813df85631e5d63",
+    # 93f98e9, before the token files' writing left dataset.py for token_files.py.
+    "f25a95b7e289e688674e0196cc2530fcfbe2124124b88743b31aa01f6c01706e",
 }
 # Train params that do not change the recipe: a run may resume under other values of these.
 BOOKKEEPING_PARAMS = ("checkpoint_every", "plateau_loss", "compile", "device", "nproc", "threads")
