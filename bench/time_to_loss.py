@@ -33,7 +33,8 @@ from src.training.optimizers import make_optimizer
 from src.training.distributed import processor_name
 from src.training.schedule import make_scheduler
 from src.training.distributed import single_process
-from src.training.trainer import deterministic_algorithms, epoch_generator, evaluate, make_train_step, speed_choices
+from src.training.step import deterministic_algorithms, epoch_generator, make_train_step
+from src.training.trainer import evaluate, speed_choices
 
 
 def recipe(base: TrainConfig, overrides: str) -> TrainConfig:
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         raise SystemExit(str(exc)) from None
     train_split, validation_split = TokenSplit(paths.TOKENS_DIR, "train"), TokenSplit(paths.TOKENS_DIR, "validation")
-    shape = ModelShape.from_config(cfg.model, load_tokenizer(paths.TOKENIZER_MODEL).get_piece_size())
+    shape = ModelShape.from_config(cfg.model, load_tokenizer(cfg.tokenizer_name.model).get_piece_size())
     total_steps = train_split.batches_per_epoch(cfg.train.max_seq_length, cfg.train.batch_size) * cfg.train.epochs
     base, why = speed_choices(cfg.train, shape, single_process(), total_steps)
     with deterministic_algorithms():

@@ -34,7 +34,8 @@ from src.training.allocator import keep_freed_memory
 from src.training.distributed import single_process
 from src.training.optimizers import make_optimizer
 from src.training.schedule import make_scheduler
-from src.training.trainer import make_train_step, speed_choices
+from src.training.step import make_train_step
+from src.training.trainer import speed_choices
 
 
 def pipeline_steps(cfg: TrainConfig) -> int:

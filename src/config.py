@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping
 from urllib.parse import urlparse
 
+from src import paths
 from src.data.languages import is_language_code
 from src.lib.runtime.sampling_bounds import SAMPLING_BOUNDS, out_of_bounds
 
@@ -150,7 +151,7 @@ class BookSource:
     name: str
     url: str  # an http(s) URL, or a local file's path (relative to the project root, or absolute)
     language: str | None = None  # ISO 639-1; None: the Gutenberg header's Language line says
-    sha256: str | None = None  # required for http(s); optional for a local file, which is a dep by content
+    sha256: str | None = None  # required but for a file in books/, which DVC hashes (the download stage's dependency)
     format: str = "gutenberg"  # gutenberg: strip Project Gutenberg's header, footer and licence | plain: keep all
 
     @property
@@ -161,6 +162,12 @@ class BookSource:
     def path(self) -> Path:
         """A local source's file (a relative path is from the project root, where stages run)."""
         return Path(self.url).expanduser()
+
+    @property
+    def in_books(self) -> bool:
+        """A local file inside the project's books/ folder, which DVC hashes as the download stage's dependency."""
+        parts = PurePosixPath(self.url).parts
+        return self.is_local and len(parts) > 1 and parts[0] == paths.BOOKS_DIR.name and ".." not in parts
 
     @property
     def file_name(self) -> str:
@@ -214,6 +221,10 @@ def _source_rule(where: str, item: Any) -> BookSource:
     if sha256 is None and item["url"].startswith(HTTP_SCHEMES):
         raise ConfigError(f"'{where}.sha256' is required for an http(s) source: the corpus never changes "
                           f"silently (./scripts/train_pipeline.sh --corpus-url prints it)")
+    if sha256 is None and not BookSource(item["name"], item["url"]).in_books:
+        raise ConfigError(f"'{where}.sha256' is required for a local file outside {paths.BOOKS_DIR}/ (DVC hashes the "
+                          f"books there): move it there, or pin it (`sha256sum FILE` prints it; "
+                          f"./scripts/train_pipeline.sh --corpus-url pins it)")
     if sha256 is not None and not (isinstance(sha256, str) and _SHA256.match(sha256)):
         raise ConfigError(f"'{where}.sha256' = {sha256!r} must be 64 lowercase hex digits")
     _choice_rule(TEXT_FORMATS)(f"{where}.format", item.get("format", "gutenberg"))
@@ -230,6 +241,14 @@ def _sources_rule(key: str, items: Any) -> tuple[BookSource, ...]:
         if dupes:
             raise ConfigError(f"'{key}' has duplicate book {attr}s: {', '.join(dupes)}")
     return books
+
+
+def _file_name_rule(key: str, value: Any) -> str:
+    """A name that makes a file name (data/corpus_<name>.txt): letters, digits, '_', '.', '-'."""
+    if not isinstance(value, str) or not _NAME.match(value) or value.startswith("."):
+        raise ConfigError(f"'{key}' = {value!r} is not valid: must be a file name of letters, digits, '_', '.' "
+                          f"and '-' (e.g. bilingual)")
+    return value
 
 
 def _prompts_rule(key: str, prompts: Any) -> dict[str, str]:
@@ -255,6 +274,39 @@ class CorpusConfig:
     backoff_s: float = number("corpus.backoff_s", float, 0, 600)
     max_download_mb: float = number("corpus.max_download_mb", float, 0, 10_000, lo_open=True)
     min_free_disk_gb: float = number("corpus.min_free_disk_gb", float, 0, 1_000_000)
+
+
+@dataclass(frozen=True)
+class CorpusName:
+    """What the corpus file is called: data/corpus_<name>.txt, the name saying the corpus's languages."""
+    name: str = param("names.corpus", _file_name_rule)
+
+    @property
+    def file(self) -> Path:
+        return paths.corpus_file(self.name)
+
+    def check_languages(self, languages: list[str]) -> None:
+        """ConfigError unless the name says a corpus in ``languages`` is what the file holds."""
+        expected = paths.corpus_name(languages)
+        if self.name != expected:
+            raise ConfigError(f"'names.corpus' = {self.name!r} does not say what the corpus holds "
+                              f"({', '.join(sorted(set(languages)))}): set it to {expected!r}, and 'names.tokenizer' "
+                              f"to match (./scripts/train_pipeline.sh sets both)")
+
+
+@dataclass(frozen=True)
+class TokenizerName:
+    """What the tokenizer files are called: data/<name>.model and .vocab, the name saying the corpus and the
+    vocabulary size."""
+    name: str = param("names.tokenizer", _file_name_rule)
+
+    @property
+    def model(self) -> Path:
+        return paths.tokenizer_model(self.name)
+
+    @property
+    def vocab(self) -> Path:
+        return paths.tokenizer_vocab(self.name)
 
 
 @dataclass(frozen=True)
@@ -307,10 +359,23 @@ class TrainConfig:
     min_lr_ratio: float = number("train.min_lr_ratio", float, 0, 1)
     decay_fraction: float = number("train.decay_fraction", float, 0, 1, lo_open=True)
     grad_clip: float = number("train.grad_clip", float, 0, 1000, lo_open=True)
+    # The budget: 0, `epochs` passes over the training text; N > 0, N optimizer steps (the schedule spans them,
+    # and the run may end within an epoch).
+    max_steps: int = number("train.max_steps", int, 0, 1_000_000_000)
     eval_batch_size: int = number("train.eval_batch_size", int, 1, 4096)
-    # Evaluate every this many optimizer steps as well as at each epoch's end (0: at epoch ends only).
+    # Evaluate every this many optimizer steps, at each epoch's end and at the run's end (0: at epoch ends).
     eval_every_steps: int = number("train.eval_every_steps", int, 0, 1_000_000)
-    checkpoint_every: int = number("train.checkpoint_every", int, 1, 10_000)
+    # What an evaluation scores: a fixed sample of this many tokens of the validation split, the same windows for
+    # every run (so its cost does not grow with the corpus and its loss stays comparable); 0, or more tokens than
+    # the split holds: all of it.
+    eval_tokens: int = number("train.eval_tokens", int, 0, 1_000_000_000)
+    # A training-loss row (metrics/train_history.json, the plots) every this many steps: it costs nothing.
+    log_every_steps: int = number("train.log_every_steps", int, 1, 1_000_000)
+    checkpoint_every: int = number("train.checkpoint_every", int, 1, 10_000)  # epochs between periodic checkpoints
+    # The resume point (data/checkpoints/last.pt) is written at each epoch's end, and also every this many steps
+    # and every this many minutes of training (0: not), within an epoch too.
+    checkpoint_every_steps: int = number("train.checkpoint_every_steps", int, 0, 1_000_000_000)
+    checkpoint_minutes: float = number("train.checkpoint_minutes", float, 0, 10_000)
     # bf16 autocast runs the matrix products in bfloat16 (weights and optimizer stay fp32); auto: the faster of
     # the two on this machine, measured once and cached (src/training/speed_choices.py).
     precision: str = choice("train.precision", "auto", "bf16", "fp32")
@@ -324,6 +389,9 @@ class TrainConfig:
     # (more than 1: the stage launches itself through torchrun, DDP over gloo on CPU, nccl on CUDA).
     device: str = choice("train.device", "auto", "cpu", "cuda")
     nproc: int = number("train.nproc", int, 1, 256)
+    # Machines the run spans (torchrun's static rendezvous): each runs train.nproc workers; on every machine
+    # TT_MASTER=host:port names machine 0's, and TT_NODE_RANK=0, 1, ... each one (docs/WORKFLOWS.md).
+    nnodes: int = number("train.nnodes", int, 1, 1024)
     # Threads of a single-process CPU training; 0: the cores shared by the trainings running at once
     # (src/training/threads.py), so that `dvc queue start -j N` does not oversubscribe the cores.
     threads: int = number("train.threads", int, 0, 1024)
@@ -331,14 +399,19 @@ class TrainConfig:
     plateau_loss: float = number("train.plateau_loss", float, 0, 100, lo_open=True)
 
     def __post_init__(self) -> None:
-        if self.batch_size % self.nproc:
+        if self.batch_size % (self.nproc * self.nnodes):
             raise ConfigError(f"'batch_size' = {self.batch_size} must split evenly over 'train.nproc' = "
-                              f"{self.nproc} workers (the batch is global: each worker trains on its share)")
+                              f"{self.nproc} workers on each of 'train.nnodes' = {self.nnodes} machines (the batch "
+                              f"is global: each worker trains on its share)")
+
+    @property
+    def workers(self) -> int:
+        return self.nproc * self.nnodes
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """The sampling a bundle ships as its default (generation.json); a generate call's options override it."""
+    """The sampling a bundle ships as its default (generation_config.json); a generate call's options override it."""
     temperature: float = sampling("generation.temperature", "temperature")  # 0 = greedy
     top_k: int = sampling("generation.top_k", "top_k")  # 0 = no cut
     top_p: float = sampling("generation.top_p", "top_p")  # 1 = no cut
@@ -373,6 +446,8 @@ class ValidateConfig:
 
 @dataclass(frozen=True)
 class Config:
+    corpus_name: CorpusName
+    tokenizer_name: TokenizerName
     corpus: CorpusConfig
     split: SplitConfig
     tokenizer: TokenizerConfig
@@ -381,9 +456,22 @@ class Config:
     generation: GenerationConfig
     validate: ValidateConfig
 
+    def __post_init__(self) -> None:
+        """The names must say what the files hold: the corpus's languages (where params name them all; the
+        download stage checks the rest) and the vocabulary size."""
+        languages = [source.language for source in self.corpus.sources]
+        if all(languages):
+            self.corpus_name.check_languages(languages)
+        expected = paths.tokenizer_name(self.corpus_name.name, self.tokenizer.vocab_size)
+        if self.tokenizer_name.name != expected:
+            raise ConfigError(f"'names.tokenizer' = {self.tokenizer_name.name!r} does not say what the tokenizer is "
+                              f"(a {self.corpus_name.name} corpus, vocab_size {self.tokenizer.vocab_size}): set it to "
+                              f"{expected!r} (`dvc exp run -S names.tokenizer={expected}`; "
+                              f"./scripts/train_pipeline.sh sets it)")
 
-_SECTION_TYPES = (CorpusConfig, SplitConfig, TokenizerConfig, ModelConfig, TrainConfig, GenerationConfig,
-                  ValidateConfig)
+
+_SECTION_TYPES = (CorpusName, TokenizerName, CorpusConfig, SplitConfig, TokenizerConfig, ModelConfig, TrainConfig,
+                  GenerationConfig, ValidateConfig)
 _NESTED_TYPES = (BudgetConfig,)
 
 
@@ -456,6 +544,21 @@ def config_from_dict(raw: Any, source: str = "params.yaml") -> Config:
         if unknown:
             raise ConfigError(_unknown_key_message(unknown[0], known))
         return Config(*(_build(section, raw) for section in _SECTION_TYPES))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def names_called_for(raw: Any, source: str = "params.yaml") -> dict[str, str]:
+    """The ``names.*`` that parsed params call for: from the corpus's languages (names.corpus as it stands where a
+    source leaves its language to its Gutenberg header) and vocab_size. ConfigError for a bad corpus or vocabulary."""
+    try:
+        if not isinstance(raw, Mapping):
+            raise ConfigError("the top level must be a mapping of keys to values")
+        corpus, tokenizer = _build(CorpusConfig, raw), _build(TokenizerConfig, raw)
+        languages = [book.language for book in corpus.sources]
+        name = paths.corpus_name(languages) if all(languages) else _file_name_rule(
+            "names.corpus", _lookup(raw, "names.corpus"))
+        return {"corpus": name, "tokenizer": paths.tokenizer_name(name, tokenizer.vocab_size)}
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 

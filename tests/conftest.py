@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 import yaml
 
-from src.config import ModelConfig, TrainConfig
-from src.data.dataset import SplitStats, write_token_dataset
+from src import paths
+from src.config import ConfigError, ModelConfig, TrainConfig, names_called_for
+from src.data.dataset import SplitStats
+from src.data.token_files import write_token_dataset
 from src.model.checkpoint import load_checkpoint, save_checkpoint
 from src.training.trainer import train
 
@@ -154,7 +156,8 @@ def project_params() -> dict:
 
 
 def write_params(directory: Path, overrides: dict | None = None) -> Path:
-    """``directory``'s params.yaml (else the project's) with dotted-key ``overrides`` applied."""
+    """``directory``'s params.yaml (else the project's) with dotted-key ``overrides`` applied, and the names.* they
+    call for (as ./scripts/train_pipeline.sh sets them) where ``overrides`` does not set them."""
     existing = directory / "params.yaml"
     params = yaml.safe_load(existing.read_text()) if existing.is_file() else project_params()
     for dotted, value in (overrides or {}).items():
@@ -163,6 +166,13 @@ def write_params(directory: Path, overrides: dict | None = None) -> Path:
         for part in parents:
             node = node[part]
         node[leaf] = value
+    try:
+        called_for = names_called_for(params)
+    except ConfigError:  # a test writing a bad value on purpose: the stage under test says so
+        called_for = {}
+    for key, name in called_for.items():
+        if f"names.{key}" not in (overrides or {}):
+            params["names"][key] = name
     path = directory / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
@@ -176,12 +186,10 @@ def run_module(module: str, cwd: Path, *args: str, env: dict | None = None,
                           capture_output=True, text=True, timeout=timeout)
 
 
-PROJECT_FILES = ("src", "scripts", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
+PROJECT_FILES = ("src", "scripts", "books", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
                  "requirements.txt", "requirements-test.txt", "pyproject.toml")
 
 
-# `dvc status` of a pipeline with nothing to do: the local_books stage always runs (dvc.yaml), so it is always listed.
-NOTHING_TO_DO = "local_books:\n\talways changed"
 
 
 def stages_run(dvc_output: str) -> list[str]:
@@ -241,7 +249,7 @@ class ProjectRepo:
     def up_to_date(self, *targets: str) -> bool:
         """Does `dvc status` (of ``targets``, else of the whole pipeline) find nothing to re-run?"""
         status = self.dvc("status", *targets).stdout.strip()
-        return status in ("Data and pipelines are up to date.", NOTHING_TO_DO)
+        return status == "Data and pipelines are up to date."
 
     def set_params(self, overrides: dict) -> None:
         write_params(self.path, overrides)
@@ -258,6 +266,7 @@ TINY_PARAMS = {
     "vocab_size": 1000, "epochs": 2, "batch_size": 64, "learning_rate": 0.003, "max_seq_length": 32,
     "model.n_layers": 2, "model.n_heads": 2, "model.d_model": 32, "model.d_ff": 64, "model.dropout": 0.0,
     "train.warmup_steps": 20, "train.compile": False, "train.checkpoint_every": 1, "train.eval_batch_size": 256,
+    "train.eval_every_steps": 0, "train.checkpoint_minutes": 0,
     "validate.sample_tokens": 24, "validate.warmup_tokens": 4,
 }
 
@@ -274,19 +283,38 @@ def tiny_pipeline(tmp_path_factory, shared_corpus) -> Path:
     return workdir
 
 
-def keep_only_epoch_1(checkpoints: Path) -> None:
-    """Leave epoch_0001.pt as the only checkpoint of a 2-epoch run, as if it had died during epoch 2."""
-    for name in ("epoch_0002.pt", "last.pt", "best.pt"):
-        (checkpoints / name).unlink()
+def remove_checkpoints(project: Path) -> None:
+    """Every checkpoint of the train stage in ``project``: its run folder and the periodic ones beside it."""
+    shutil.rmtree(project / paths.CHECKPOINT_DIR, ignore_errors=True)
+    for periodic in (project / paths.PERIODIC_DIR).glob("checkpoint_epoch_*.pt"):
+        periodic.unlink()
 
 
-def poison_epoch_1(checkpoints: Path, tensor: str = "embed.weight", value: float = float("nan")) -> None:
+def keep_only_epoch_1(project: Path) -> None:
+    """Leave data/checkpoint_epoch_1.pt as the only checkpoint of the 2-epoch run in ``project``, as if it had died
+    during epoch 2."""
+    for path in (project / paths.PERIODIC_DIR / "checkpoint_epoch_2.pt", project / paths.CHECKPOINT_DIR / "last.pt",
+                 project / paths.CHECKPOINT_DIR / "best.pt"):
+        path.unlink()
+
+
+def poison_epoch_1(project: Path, tensor: str = "embed.weight", value: float = float("nan")) -> Path:
     """``keep_only_epoch_1``, and that checkpoint was saved with weights gone bad (a valid checkpoint of a run that
-    diverged): resuming makes the first loss non-finite."""
-    keep_only_epoch_1(checkpoints)
-    state = load_checkpoint(checkpoints / "epoch_0001.pt")
+    diverged): resuming makes the first loss non-finite. Returns the checkpoint's path."""
+    keep_only_epoch_1(project)
+    path = project / paths.PERIODIC_DIR / "checkpoint_epoch_1.pt"
+    state = load_checkpoint(path)
     state["model"][tensor].fill_(value)  # a private mapping: the file changes only when saved
-    save_checkpoint(checkpoints / "epoch_0001.pt", state)
+    save_checkpoint(path, state)
+    return path
+
+
+def interrupt_training(project: Path) -> None:
+    """What a kill during the train stage of `dvc repro` leaves besides its checkpoints: DVC had removed the stage's
+    outputs before running it, and an unfinished run has no entry in DVC's run cache."""
+    for path in (paths.BEST_MODEL, paths.FINAL_MODEL, paths.TRAINING_METRICS):
+        (project / path).unlink(missing_ok=True)
+    shutil.rmtree(project / ".dvc" / "cache" / "runs", ignore_errors=True)
 
 
 @pytest.fixture
@@ -312,8 +340,10 @@ VOCAB = 64
 MODEL = ModelConfig(n_layers=1, n_heads=2, d_model=16, d_ff=32, dropout=0.1, context_length=16)
 TRAIN = TrainConfig(epochs=3, batch_size=16, learning_rate=0.01, max_seq_length=16, seed=3, weight_decay=0.1,
                     optimizer="adamw", schedule="cosine", warmup_steps=5, min_lr_ratio=0.1, decay_fraction=0.2,
-                    grad_clip=1.0, eval_batch_size=32, eval_every_steps=0, checkpoint_every=1,
-                    precision="fp32", attention="math", compile=False, device="cpu", nproc=1, threads=0, plateau_loss=7.0)
+                    grad_clip=1.0, max_steps=0, eval_batch_size=32, eval_every_steps=0, eval_tokens=0,
+                    log_every_steps=5, checkpoint_every=1, checkpoint_every_steps=0, checkpoint_minutes=0,
+                    precision="fp32", attention="math", compile=False, device="cpu", nproc=1, nnodes=1, threads=0,
+                    plateau_loss=7.0)
 
 
 @pytest.fixture

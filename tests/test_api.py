@@ -23,7 +23,7 @@ def bundle(tiny_pipeline) -> Generator:
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_pipeline) -> Generator:
-    return Generator.load(tiny_pipeline / "data/best_model.pt", tokenizer=tiny_pipeline / "data/tokenizer.model",
+    return Generator.load(tiny_pipeline / "data/best_model.pt", tokenizer=tiny_pipeline / "data/bilingual_1k.model",
                           params=tiny_pipeline / "params.yaml")
 
 
@@ -129,7 +129,7 @@ def test_a_file_that_is_no_model_is_named_as_such_not_blamed_on_the_tokenizer(tm
 
 def test_params_given_must_be_there_and_valid_params_yaml_is_taken_where_it_exists(tiny_pipeline, tmp_path,
                                                                                    monkeypatch):
-    model, tokenizer = tiny_pipeline / "data/best_model.pt", tiny_pipeline / "data/tokenizer.model"
+    model, tokenizer = tiny_pipeline / "data/best_model.pt", tiny_pipeline / "data/bilingual_1k.model"
     broken = tmp_path / "broken.yaml"
     broken.write_text("generation: {temperature: .nan}\n")
     for params, message in ((tmp_path / "missing.yaml", "missing.yaml: not found"),

@@ -91,7 +91,7 @@ def test_bad_input_exits_1_with_a_clear_message(tiny_pipeline, args, message):
 
 def test_a_tokenizer_with_other_pieces_of_the_same_size_is_refused(tiny_pipeline, tmp_path):
     """Same vocabulary size, other pieces: it would load and generate garbage without the sha256 check."""
-    lines = (tiny_pipeline / "data/corpus.txt").read_text(encoding="utf-8").splitlines()[:20000]
+    lines = (tiny_pipeline / "data/corpus_bilingual.txt").read_text(encoding="utf-8").splitlines()[:20000]
     cfg = TokenizerConfig(vocab_size=1000, model_type="bpe", character_coverage=0.9995, threads=2, seed=1)
     other = train_tokenizer([line for line in lines if line.strip()], cfg, tmp_path / "bpe.model", tmp_path / "bpe.vocab")
     assert other.get_piece_size() == torch.load(tiny_pipeline / "data/best_model.pt")["shape"]["vocab_size"]
@@ -124,7 +124,7 @@ def test_a_recorded_shape_that_asks_for_gigabytes_is_refused(tiny_copy):
 
 @pytest.mark.parametrize("damage", [b"", b"garbage" * 100, None])
 def test_a_damaged_tokenizer_is_a_clear_error(tiny_copy, damage):
-    path = tiny_copy / "data/tokenizer.model"
+    path = tiny_copy / "data/bilingual_1k.model"
     path.write_bytes(path.read_bytes()[:5000] if damage is None else damage)
     done = generate(tiny_copy, "--prompt", "hi", *CHECKPOINT)
     assert one_line_error(done), done.stderr
@@ -243,7 +243,7 @@ def test_any_option_values_exit_with_a_documented_code_and_one_line_never_a_trac
     """In-process, so that many inputs run in seconds (generation is kept to at most 20 tokens)."""
     model = (["--bundle", str(tiny_pipeline / "dist/tinytransformer")] if source == "bundle" else
              ["--model", str(tiny_pipeline / "data/best_model.pt"), "--tokenizer",
-              str(tiny_pipeline / "data/tokenizer.model")])
+              str(tiny_pipeline / "data/bilingual_1k.model")])
     argv = ["generate", "--prompt", prompt, *model, "--params", str(tiny_pipeline / "params.yaml"),
             "--max_tokens", max_tokens, "--safety-mode", safety_mode, *sorted(flags)]
     for option, value in options.items():

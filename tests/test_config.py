@@ -5,8 +5,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from src import paths
 from src.config import (BookSource, ConfigError, CorpusConfig, ModelConfig, SplitConfig, TokenizerConfig,
-                        TrainConfig, check_field, check_url, config_from_dict, load_config, params_keys)
+                        TrainConfig, check_field, check_url, config_from_dict, load_config, names_called_for,
+                        params_keys)
 from tests.conftest import REPO_ROOT, project_params
 
 
@@ -124,13 +126,62 @@ def test_file_name_comes_from_the_url_or_the_path():
     assert BookSource("n", "books/notes.txt").file_name == "notes.txt" and BookSource("n", "/srv/n.txt").is_local
 
 
-def test_a_local_book_needs_no_sha256_or_language_and_any_language_code_loads():
+def test_a_local_book_in_books_needs_no_sha256_or_language_and_any_language_code_loads():
     books = [{"name": "notes", "url": "books/notes_fr.txt", "format": "plain", "language": "fr"},
              {"name": "alice", "url": "https://example.org/pg11.txt", "sha256": "a" * 64},
-             {"name": "zh", "url": "/srv/books/zh.txt", "language": "zh"}]
+             {"name": "zh", "url": "/srv/books/zh.txt", "language": "zh", "sha256": "b" * 64}]
     sources = config_from_dict(with_value("corpus.sources", books)).corpus.sources
     assert [(s.language, s.sha256, s.format) for s in sources] == [("fr", None, "plain"), (None, "a" * 64, "gutenberg"),
-                                                                   ("zh", None, "gutenberg")]
+                                                                   ("zh", "b" * 64, "gutenberg")]
+    assert [s.in_books for s in sources] == [True, False, False]
+
+
+@pytest.mark.parametrize("url", ["/srv/books/zh.txt", "notes.txt", "tests/fixtures/notes_fr.txt", "books/../notes.txt"])
+def test_a_local_book_outside_books_must_be_pinned(url):
+    """DVC hashes books/ (the download stage's dependency); a file anywhere else changes unseen unless pinned."""
+    books = [{"name": "notes", "url": url, "language": "fr"}]
+    with pytest.raises(ConfigError, match=r"'corpus.sources\[0\].sha256' is required for a local file outside books/"):
+        config_from_dict(with_value("corpus.sources", books))
+
+
+@pytest.mark.parametrize("languages, vocab_size, corpus, tokenizer", [
+    (["en", "en", "es"], 8000, "bilingual", "bilingual_8k"),  # the quickstart's names
+    (["fr"], 16000, "fr", "fr_16k"),
+    (["fr", "fr"], 1500, "fr", "fr_1500"),
+    (["en", "es", "fr"], 32000, "multilingual", "multilingual_32k"),
+])
+def test_names_say_what_the_corpus_and_tokenizer_hold(languages, vocab_size, corpus, tokenizer):
+    assert paths.derived_names(languages, vocab_size) == {"corpus": corpus, "tokenizer": tokenizer}
+    assert paths.corpus_file(corpus).name == f"corpus_{corpus}.txt"
+    assert paths.tokenizer_model(tokenizer).name == f"{tokenizer}.model"
+
+
+def test_the_default_params_give_the_quickstarts_file_names():
+    cfg = load_config(REPO_ROOT / "params.yaml")
+    assert str(cfg.corpus_name.file) == "data/corpus_bilingual.txt"
+    assert (str(cfg.tokenizer_name.model), str(cfg.tokenizer_name.vocab)) == ("data/bilingual_8k.model",
+                                                                             "data/bilingual_8k.vocab")
+
+
+def test_names_that_no_longer_say_what_the_files_hold_are_refused_with_the_right_ones():
+    with pytest.raises(ConfigError, match=r"'names.tokenizer' = 'bilingual_8k' does not say what the tokenizer is "
+                                          r"\(a bilingual corpus, vocab_size 16000\): set it to 'bilingual_16k'"):
+        config_from_dict(with_value("vocab_size", 16000))
+    french = [{"name": "notes", "url": "books/notes_fr.txt", "language": "fr"}]
+    with pytest.raises(ConfigError, match=r"'names.corpus' = 'bilingual' does not say what the corpus holds \(fr\): "
+                                          r"set it to 'fr'"):
+        config_from_dict(with_value("corpus.sources", french))
+    params = with_value("corpus.sources", french)
+    params["vocab_size"] = 16000
+    params["names"] = names_called_for(params)
+    assert params["names"] == {"corpus": "fr", "tokenizer": "fr_16k"}
+    assert str(config_from_dict(params).tokenizer_name.model) == "data/fr_16k.model"
+
+
+def test_a_corpus_whose_languages_params_leave_to_gutenberg_headers_keeps_its_name_until_download():
+    """A source without a language is named by its header, which only the download stage reads."""
+    books = [{"name": "alice", "url": "https://example.org/pg11.txt", "sha256": "a" * 64}]
+    assert config_from_dict(with_value("corpus.sources", books)).corpus_name.name == "bilingual"
 
 
 @pytest.mark.parametrize("prompts, expected", [

@@ -30,8 +30,9 @@ def workdir(tmp_path):
     return tmp_path
 
 
-def download(workdir, sources):
-    write_params(workdir, {"corpus.sources": sources})
+def download(workdir, sources, corpus_name="multilingual"):
+    """The download stage on ``sources``; a corpus whose languages a header names needs its name set by hand."""
+    write_params(workdir, {"corpus.sources": sources, "names.corpus": corpus_name})
     return run_module("src.pipeline.download", workdir)
 
 
@@ -48,21 +49,19 @@ def test_download_builds_a_corpus_of_local_and_http_books_in_three_languages(wor
     assert [(b["name"], b["language"]) for b in sources] == [("alice", "en"), ("quijote", "es"), ("notes", "fr")]
     assert sources[2]["sha256"] == hashlib.sha256(FRENCH.read_bytes()).hexdigest()
     assert sources[2]["licence"] == "" and sources[0]["licence"].startswith("*** END")
-    corpus = (workdir / "data/corpus.txt").read_text()
+    corpus = (workdir / "data/corpus_multilingual.txt").read_text()
     assert FRENCH.read_text().strip() in corpus and "*** START OF" not in corpus and "*** END OF" not in corpus
     metrics = json.loads((workdir / "metrics/corpus.json").read_text())["corpus"]
     assert sorted(metrics["languages"]) == ["en", "es", "fr"]
 
 
-def test_the_local_books_stage_hashes_each_local_file(workdir, book_server):
-    write_params(workdir, {"corpus.sources": three_languages(book_server.url)})
-    done = run_module("src.pipeline.local_books", workdir)
-    assert done.returncode == 0, done.stderr
-    assert json.loads((workdir / "data/local_books.json").read_text()) == {
-        "notes": hashlib.sha256(FRENCH.read_bytes()).hexdigest()}
-    (workdir / "books/notes_fr.txt").unlink()
-    missing = run_module("src.pipeline.local_books", workdir)
-    assert missing.returncode == 2 and "books/notes_fr.txt does not exist" in missing.stderr, missing.stderr
+def test_a_corpus_name_its_books_headers_contradict_is_refused_with_the_right_one(workdir, book_server):
+    """Alice names her language (English) only in her Gutenberg header: the download stage checks the name."""
+    done = download(workdir, three_languages(book_server.url), corpus_name="bilingual")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert ("'names.corpus' = 'bilingual' does not say what the corpus holds (en, es, fr): set it to "
+            "'multilingual'") in done.stderr
+    assert not (workdir / "data/corpus_bilingual.txt").exists()
 
 
 @pytest.mark.parametrize("change, message", [
@@ -74,7 +73,7 @@ def test_a_local_book_that_says_too_little_is_refused_with_the_key_to_set(workdi
     sources[2] = {k: v for k, v in {**sources[2], **change}.items() if v is not None}
     done = download(workdir, sources)
     assert done.returncode == 2 and message.split(":")[0] in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr and not (workdir / "data/corpus.txt").exists()
+    assert "Traceback" not in done.stderr and not (workdir / "data/corpus_multilingual.txt").exists()
 
 
 def test_a_language_with_too_little_held_out_text_is_refused(workdir, book_server):
@@ -144,9 +143,8 @@ def test_source_names_and_locations(tmp_path):
 
 @pytest.mark.slow
 def test_three_languages_through_dvc_repro_and_an_edited_local_book_reruns_from_download(tiny_repo, book_server):
-    (tiny_repo.path / "books").mkdir()
     shutil.copy(FRENCH, tiny_repo.path / "books/notes_fr.txt")
-    tiny_repo.set_params({"corpus.sources": three_languages(book_server.url)})
+    tiny_repo.set_params({"corpus.sources": three_languages(book_server.url), "names.corpus": "multilingual"})
     tiny_repo.run("git", "add", "books", "params.yaml")
     tiny_repo.run("git", "commit", "-qm", "three languages")
     repo = tiny_repo.path
@@ -173,11 +171,11 @@ def test_three_languages_through_dvc_repro_and_an_edited_local_book_reruns_from_
     assert json.loads(answer.stdout)["languages"] == ["en", "es", "fr"]
 
     untouched = tiny_repo.dvc("repro", "bundle")
-    assert stages_run(untouched.stdout) == ["local_books"]
+    assert stages_run(untouched.stdout) == []
     with (repo / "books/notes_fr.txt").open("a") as f:
         f.write("\nUn dernier paragraphe, ajouté plus tard, change le livre.\n")
     edited = tiny_repo.dvc("repro", "bundle")
-    assert stages_run(edited.stdout) == ["local_books", "download", "tokenize", "train", "bundle"], edited.stdout
+    assert stages_run(edited.stdout) == ["download", "tokenize", "train", "bundle"], edited.stdout
 
 
 @pytest.mark.slow
@@ -190,7 +188,6 @@ def test_train_pipeline_corpus_url_runs_an_experiment_on_the_given_books(tiny_re
                          env={"TT_CORPUS_MIRROR": ""})
     assert done.returncode in (0, 5), done.stdout + done.stderr  # 5: validate judged the 2-epoch model's samples
     assert f"sha256 {PG11_SHA}, language en (from its Gutenberg header)" in done.stderr
-    assert "==> dvc exp run -S corpus.sources=" in done.stdout
     sources = parse_yaml((tiny_repo.path / "params.yaml").read_text(), "params.yaml")["corpus"]["sources"]
     assert [(s["name"], s["url"], s["language"], len(s["sha256"])) for s in sources] == [
         ("pg11", f"{book_server.url}/pg11.txt", "en", 64), ("notes_fr", str(notes), "fr", 64)]

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.data.dataset import BookTokens, SplitStats, TokenDataError, TokenSplit, write_token_dataset
+from src.data.dataset import BookTokens, SplitStats, TokenDataError, TokenSplit
+from src.data.token_files import write_token_dataset
 
 
 def test_a_token_meta_that_does_not_add_up_is_refused(tmp_path):

@@ -15,7 +15,7 @@ MIXED = "En un lugar de la Mancha,\n\n  It was 日本 ok — ñ ‽ «fin» 🙂
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_pipeline):
-    return load_tokenizer(tiny_pipeline / "data/tokenizer.model")
+    return load_tokenizer(tiny_pipeline / "data/bilingual_1k.model")
 
 
 def test_pushing_ids_one_at_a_time_gives_the_decoded_text(tokenizer):

@@ -10,8 +10,8 @@ def test_dvc_repro_builds_the_data_stages_and_reruns_only_what_changed(project_r
     first = project_repo.dvc("repro", "download", "tokenize")
     assert "Running stage 'download'" in first.stdout and "Running stage 'tokenize'" in first.stdout
     repo = project_repo.path
-    for out in ("data/raw/pg1342.txt", "data/raw/pg11.txt", "data/raw/pg2000.txt", "data/corpus.txt",
-                "data/corpus_index.json", "data/tokenizer.model", "data/tokenizer.vocab"):
+    for out in ("data/raw/pg1342.txt", "data/raw/pg11.txt", "data/raw/pg2000.txt", "data/corpus_bilingual.txt",
+                "data/corpus_index.json", "data/bilingual_1500.model", "data/bilingual_1500.vocab"):
         assert (repo / out).is_file(), out
     assert json.loads((repo / "metrics/tokenizer.json").read_text())["tokenizer"]["vocab_size"] == 1500
     shown = json.loads(project_repo.dvc("metrics", "show", "--json").stdout)

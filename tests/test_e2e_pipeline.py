@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import poison_epoch_1, stages_run
+from tests.conftest import interrupt_training, poison_epoch_1, remove_checkpoints, stages_run
 
 # Figures that depend on the machine's speed, not on what was computed.
 TIMING_KEYS = {"total_training_time", "tokens_per_sec", "seconds"}
@@ -25,8 +25,8 @@ def computed(path):
 
 def test_dvc_repro_runs_every_stage_and_an_epochs_change_reruns_only_train_bundle_and_validate(tiny_repo):
     first = tiny_repo.dvc("repro")
-    assert stages_run(first.stdout) == ["check_params", "local_books", "download", "tokenize", "train", "bundle",
-                                        "validate"], first.stdout
+    assert stages_run(first.stdout) == ["check_params", "download", "tokenize", "train", "bundle", "validate"], \
+        first.stdout
     repo = tiny_repo.path
     for out in ("data/best_model.pt", "data/final_model.pt", "data/training_metrics.json",
                 "data/checkpoints/last.pt", "metrics/train.json", "metrics/validate.json", "metrics/samples.json",
@@ -39,8 +39,8 @@ def test_dvc_repro_runs_every_stage_and_an_epochs_change_reruns_only_train_bundl
     assert "best_validation_loss" in text and "latency_p95_ms" in text
 
     again = tiny_repo.dvc("repro")
-    assert stages_run(again.stdout) == ["local_books"]  # always run: it hashes the local books (there are none)
-    assert tiny_repo.up_to_date()
+    assert stages_run(again.stdout) == []
+    assert tiny_repo.dvc("status").stdout.strip() == "Data and pipelines are up to date."
 
     tiny_repo.set_params({"epochs": 3})
     changed = tiny_repo.dvc("repro")
@@ -58,10 +58,10 @@ def test_training_killed_with_sigkill_mid_epoch_resumes_to_the_same_result(tiny_
     repo = tiny_repo.path
     uninterrupted = computed(repo / "metrics/train.json"), computed(repo / "metrics/train_history.json")
 
-    tiny_repo.run("rm", "-rf", "data/checkpoints")
+    remove_checkpoints(repo)
     dvc = subprocess.Popen(["python", "-m", "dvc", "repro", "--force", "train"], cwd=repo, env=tiny_repo.environ,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    first_epoch = repo / "data/checkpoints/epoch_0001.pt"
+    first_epoch = repo / "data/checkpoint_epoch_1.pt"
     deadline = time.monotonic() + 300
     while not first_epoch.exists() and dvc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -90,18 +90,19 @@ def test_train_pipeline_sh_exit_codes_come_from_real_failures(tiny_repo, book_se
 
     for args, message in ((["--frobnicate"], "unknown option '--frobnicate'"),
                           (["--epochs", "many"], "--epochs expects a whole number"),
-                          (["--skip-tokenizer"], "data/corpus.txt is missing")):
+                          (["--skip-tokenizer"], "data/corpus_bilingual.txt is missing")):
         done = pipeline(tiny_repo, *args)
         assert done.returncode == 1 and message in done.stderr, (args, done.stderr)
 
     book_server.mode = "404"
     done = pipeline(tiny_repo, "--mirror", book_server.url)
-    assert done.returncode == 2 and "HTTP 404" in done.stdout + done.stderr and "Phase 1/4: Corpus" in done.stdout
+    assert done.returncode == 2 and "HTTP 404" in done.stdout + done.stderr and "[2/4]" in done.stdout
 
     done = pipeline(tiny_repo, "--epochs", "2")  # a DVC experiment (dvc exp run -S epochs=2)
     assert done.returncode == 0, done.stdout + done.stderr
-    for phase in ("Phase 1/4: Corpus", "Phase 2/4: Tokenizer", "Phase 3/4: Training", "Phase 4/4: Validation",
-                  "Summary", "budget rss_mb"):
+    for phase in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "Epoch 2/2: train_loss=", "Training complete", "Train loss:",
+                  "Validation loss:", "Training time:", "data/best_model.pt", "Validation PASSED", "Memory (RSS):",
+                  "Latency (p95):"):
         assert phase in done.stdout, phase
 
     tiny_repo.set_params({"validate.budgets.rss_mb": 5})
@@ -114,12 +115,12 @@ def test_train_pipeline_sh_exit_codes_come_from_real_failures(tiny_repo, book_se
     assert json.loads((repo / "metrics/validate.json").read_text())["validate"]["passed"] is True
     tiny_repo.set_params({"validate.budgets.rss_mb": 64})
 
-    # A checkpoint whose weights went bad, resumed: the loss is NaN at once.
-    checkpoints = repo / "data/checkpoints"
-    poison_epoch_1(checkpoints)
+    # A run killed during epoch 2, whose epoch-1 checkpoint has weights gone bad, resumed: the loss is NaN at once.
+    poisoned = poison_epoch_1(repo)
+    interrupt_training(repo)
     done = pipeline(tiny_repo, "--skip-tokenizer", "--resume")
     assert done.returncode == 4 and "lower learning_rate" in done.stdout + done.stderr
-    assert (checkpoints / "epoch_0001.pt").is_file()
+    assert poisoned.is_file()
 
     index = repo / "data/corpus_index.json"
     index.write_text(index.read_text()[:40])

@@ -10,24 +10,25 @@ by `python -m src.pipeline.restore`).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT, TINY_PARAMS, ProjectRepo, project_params
+from tests.conftest import REPO_ROOT, TINY_PARAMS, ProjectRepo, project_params, remove_checkpoints
 
 # The tiny model on Alice in Wonderland alone: a whole train stage in seconds.
 FAULT_PARAMS = {**TINY_PARAMS, "corpus.sources": [s for s in project_params()["corpus"]["sources"]
                                                   if s["name"] == "alice_in_wonderland"]}
-# What a finished run of `dvc repro train` leaves.
-TRAIN_OUTPUTS = ("data/checkpoints/last.pt", "data/checkpoints/best.pt", "data/checkpoints/epoch_0001.pt",
-                 "data/checkpoints/epoch_0002.pt", "data/best_model.pt", "data/final_model.pt",
-                 "data/training_metrics.json", "metrics/train.json", "metrics/train_history.json")
-DATA_OUTPUTS = ("data/params_checked", "data/raw/pg11.txt", "data/corpus.txt", "data/corpus_index.json",
-                "data/corpus_sources.json", "metrics/corpus.json", "data/languages.json", "data/local_books.json", "data/tokenizer.model", "data/tokenizer.vocab", "data/tokens/train.bin",
-                "data/tokens/meta.json", "metrics/tokenizer.json")
+# What a finished run of `dvc repro train` leaves: its outputs, and its checkpoints (the stage's working state).
+TRAIN_OUTPUTS = ("data/best_model.pt", "data/final_model.pt", "data/training_metrics.json", "metrics/train.json",
+                 "metrics/train_history.json")
+CHECKPOINTS = ("data/checkpoints/last.pt", "data/checkpoints/best.pt", "data/checkpoint_epoch_1.pt",
+               "data/checkpoint_epoch_2.pt")
+# Alice alone is an English corpus: data/corpus_en.txt, tokenized by data/en_1k.model (src/paths.py).
+DATA_OUTPUTS = ("data/params_checked", "data/raw/pg11.txt", "data/corpus_en.txt", "data/corpus_index.json",
+                "data/corpus_sources.json", "metrics/corpus.json", "data/languages.json", "data/en_1k.model",
+                "data/en_1k.vocab", "data/tokens/train.bin", "data/tokens/meta.json", "metrics/tokenizer.json")
 TIMING_KEYS = {"total_training_time", "tokens_per_sec", "seconds"}
 KILL_ENV = {"PYTHONPATH": str(REPO_ROOT / "tests" / "fault_injection")}  # tests/fault_injection/sitecustomize.py
 
@@ -93,16 +94,16 @@ def file_bytes(repo: ProjectRepo, names) -> dict[str, bytes]:
 # --- bad values stop before DVC removes anything ------------------------------------------------------------------
 
 def test_a_bad_param_stops_dvc_repro_before_any_stage_loses_its_outputs(repo):
-    before = file_bytes(repo, TRAIN_OUTPUTS)
+    before = file_bytes(repo, TRAIN_OUTPUTS + CHECKPOINTS)
     repo.set_params({"epochs": 0})
     done = repo.dvc("repro", "train", check=False)
     assert done.returncode != 0
     assert "'epochs' = 0 is out of range: must be an integer in [1, 10000]" in done.stderr
     assert "failed to reproduce 'check_params'" in done.stdout + done.stderr
-    assert file_bytes(repo, TRAIN_OUTPUTS) == before
+    assert file_bytes(repo, TRAIN_OUTPUTS + CHECKPOINTS) == before
     repo.set_params({"epochs": FAULT_PARAMS["epochs"]})
     repo.dvc("repro", "train")
-    assert up_to_date(repo, "train") and file_bytes(repo, TRAIN_OUTPUTS) == before
+    assert up_to_date(repo, "train") and file_bytes(repo, TRAIN_OUTPUTS + CHECKPOINTS) == before
 
 
 def test_a_learning_rate_below_1e_4_can_be_set_as_dvc_writes_it(repo):
@@ -112,11 +113,11 @@ def test_a_learning_rate_below_1e_4_can_be_set_as_dvc_writes_it(repo):
 
 
 def test_a_key_added_by_exp_run_is_named_with_how_to_remove_it(repo):
-    before = file_bytes(repo, TRAIN_OUTPUTS)
+    before = file_bytes(repo, TRAIN_OUTPUTS + CHECKPOINTS)
     done = repo.dvc("exp", "run", "-S", "+foo=1", "train", check=False)
     assert done.returncode != 0
     assert "unknown key 'foo': delete it from params.yaml (`dvc exp run -S '~foo'` does" in done.stderr
-    assert file_bytes(repo, TRAIN_OUTPUTS) == before
+    assert file_bytes(repo, TRAIN_OUTPUTS + CHECKPOINTS) == before
     repo.dvc("exp", "run", "-S", "~foo", "train")
     assert "foo" not in (repo.path / "params.yaml").read_text() and up_to_date(repo, "train")
 
@@ -128,10 +129,10 @@ def test_a_failed_stage_says_how_to_restore_what_dvc_removed_and_restore_does(re
     done = repo.dvc("repro", "download", check=False)
     assert done.returncode != 0 and "pg11.txt: sha256 mismatch" in done.stderr
     assert "`python -m src.pipeline.restore download` puts back the ones dvc.lock records" in done.stderr
-    assert not (repo.path / "data/corpus.txt").exists()  # DVC removed it before running the stage
+    assert not (repo.path / "data/corpus_en.txt").exists()  # DVC removed it before running the stage
     restored = repo.run("python", "-m", "src.pipeline.restore", "download")
     # data/raw persists (dvc.yaml): DVC never removed it, and the book the mismatch refused is still there.
-    assert ("put back data/corpus.txt, data/corpus_index.json, data/corpus_sources.json, data/languages.json, "
+    assert ("put back data/corpus_en.txt, data/corpus_index.json, data/corpus_sources.json, data/languages.json, "
             "metrics/corpus.json") in restored.stdout
     assert (repo.path / "data/raw/pg11.txt").read_bytes() == before["data/raw/pg11.txt"]
     assert file_bytes(repo, DATA_OUTPUTS[1:6]) == before
@@ -146,10 +147,11 @@ def test_a_part_file_left_by_a_crash_is_never_versioned(repo):
 
 # --- kill the train stage at every write; damage every file it leaves ---------------------------------------------
 
-# A 2-epoch run renames 14 files into place: train_history.json, best, epoch_0001, last (epoch 1); the same for
-# epoch 2; then best_model.pt, final_model.pt, training_metrics.json, train.json, train_speed.json,
-# train_history.json. (precision auto's verdict is cached by the first run of the session.)
-RENAMES = 14
+# A 2-epoch run renames 17 files into place: train_history.json, eval_history.json, best, checkpoint_epoch_1, last
+# (epoch 1); the same for epoch 2; then best_model.pt, final_model.pt, training_metrics.json, train.json,
+# train_speed.json, train_history.json, eval_history.json. (precision auto's verdict is cached by the first run of
+# the session.)
+RENAMES = 17
 
 
 def killed_by_sigkill(dvc_stderr: str) -> bool:
@@ -161,8 +163,8 @@ def killed_by_sigkill(dvc_stderr: str) -> bool:
 @pytest.mark.parametrize("when", ["before", "after"])
 @pytest.mark.parametrize("rename", range(1, RENAMES + 1))
 def test_a_kill_at_any_write_of_training_is_finished_or_redone_by_the_next_repro(finished_repo, repo, rename, when):
-    shutil.rmtree(repo.path / "data/checkpoints")
-    killed = repo.dvc("repro", "train", check=False, env={**KILL_ENV, "TT_KILL_AT_RENAME": f"train:{rename}:{when}"})
+    remove_checkpoints(repo.path)  # a fresh run: --force, as the run cache holds this one
+    killed = repo.dvc("repro", "--force", "--single-item", "train", check=False, env={**KILL_ENV, "TT_KILL_AT_RENAME": f"train:{rename}:{when}"})
     assert killed.returncode != 0 and killed_by_sigkill(killed.stderr), killed.stdout + killed.stderr
     assert not up_to_date(repo, "train")
 
@@ -216,11 +218,11 @@ def test_train_pipeline_sh_refuses_bad_options_before_dvc_runs(repo, args, messa
 @pytest.mark.slow
 def test_train_pipeline_sh_puts_back_what_a_failed_stage_lost(repo):
     """A context the data cannot fill once: the train stage exits 1 before training, and the models come back."""
-    before = file_bytes(repo, TRAIN_OUTPUTS)
+    before = file_bytes(repo, TRAIN_OUTPUTS + CHECKPOINTS)
     done = pipeline(repo, "--skip-tokenizer", "--resume", "--max-seq-length", "8192")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "cannot fill one batch of batch_size=64 windows of max_seq_length=8192" in done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
     assert "restore: put back data/best_model.pt, data/final_model.pt" in done.stdout + done.stderr
-    assert file_bytes(repo, TRAIN_OUTPUTS) == before
+    assert file_bytes(repo, TRAIN_OUTPUTS + CHECKPOINTS) == before
 

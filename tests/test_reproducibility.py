@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from src.training.trainer import deterministic_algorithms
-from tests.conftest import REPO_ROOT, run_module, write_params
+from src.training.step import deterministic_algorithms
+from tests.conftest import REPO_ROOT, remove_checkpoints, run_module, write_params
 from tests.test_faults import FAULT_PARAMS
 
 MODELS = ("data/best_model.pt", "data/final_model.pt", "data/checkpoints/last.pt")
@@ -52,9 +51,10 @@ def train_afresh(workdir: Path, cache: Path, env: dict | None = None):
 
 def outcome(workdir: Path):
     """The figures, the weights, and the exported models' bytes (the checkpoints also hold timings)."""
-    history = json.loads((workdir / "metrics/train_history.json").read_text())
+    history = [json.loads((workdir / f"metrics/{name}.json").read_text()) for name in ("train_history", "eval_history")]
     return (json.loads((workdir / "metrics/train.json").read_text())["train"],
-            [{key: value for key, value in row.items() if key != "seconds"} for row in history],  # seconds: timings
+            [[{key: value for key, value in row.items() if key != "seconds"} for row in rows]  # seconds: timings
+             for rows in history],
             {name: weights_sha256(workdir / name) for name in MODELS},
             {name: hashlib.sha256((workdir / name).read_bytes()).hexdigest() for name in EXPORTS})
 
@@ -69,7 +69,7 @@ def test_the_default_settings_repeat_with_a_cold_and_a_warm_compile_cache_and_ac
 
     # Killed after epoch 2 is trained, before its first checkpoint is written (the 4th file the stage renames into
     # place: best, epoch_0001, last, then epoch 2's best); then resumed from epoch 1.
-    shutil.rmtree(tokenized / "data/checkpoints")
+    remove_checkpoints(tokenized)
     killed = run_module("src.pipeline.train", tokenized, env={
         "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "2",
         **KILL_ENV, "TT_KILL_AT_RENAME": "train:4:before"})
@@ -94,3 +94,22 @@ def test_deterministic_algorithms_hold_only_while_training():
     with deterministic_algorithms():
         assert torch.are_deterministic_algorithms_enabled()
     assert torch.are_deterministic_algorithms_enabled() == before
+
+
+@pytest.mark.slow
+def test_a_step_budget_killed_within_an_epoch_resumes_to_the_same_weights(tokenized, tmp_path):
+    """A budget ending within epoch 2, the resume point every 10 steps: SIGKILL right after the second one (step
+    20, within epoch 1); the stage run again ends with the uninterrupted run's figures and weights, bit for bit."""
+    budget = {"train.max_steps": 45, "train.checkpoint_every_steps": 10, "train.eval_every_steps": 15,
+              "train.precision": "fp32", "train.compile": False}
+    write_params(tokenized, budget)
+    uninterrupted = train_afresh(tokenized, tmp_path / "cache")
+    assert uninterrupted[0]["steps"] == 45 and uninterrupted[0]["epochs"] < 2
+    remove_checkpoints(tokenized)
+    killed = run_module("src.pipeline.train", tokenized, env={"OMP_NUM_THREADS": "2", **KILL_ENV,
+                                                              "TT_KILL_AT_RENAME": "train:2:after"})
+    assert killed.returncode == -9, killed.stderr
+    assert torch.load(tokenized / "data/checkpoints/last.pt", weights_only=True)["training_state"]["step"] == 20
+    resumed = run_module("src.pipeline.train", tokenized, env={"OMP_NUM_THREADS": "2"})
+    assert resumed.returncode == 0 and "(step 20)" in resumed.stderr, resumed.stderr
+    assert outcome(tokenized) == uninterrupted

@@ -37,7 +37,7 @@ PROMPTS = {"en": "It is a truth universally acknowledged", "es": "En un lugar de
 def tiny_bundle(tiny_pipeline, tmp_path_factory) -> Path:
     """The tiny trained model's bundle (context 32: 300 tokens go far past it)."""
     out = tmp_path_factory.mktemp("bundle") / "tinytransformer"
-    create_bundle(tiny_pipeline / "data/best_model.pt", tiny_pipeline / "data/tokenizer.model", out,
+    create_bundle(tiny_pipeline / "data/best_model.pt", tiny_pipeline / "data/bilingual_1k.model", out,
                   BundleInputs(GenerationConfig(temperature=0.8, top_k=40, top_p=0.95)))
     return out
 
@@ -150,13 +150,20 @@ def oversized_tensor(directory: Path) -> None:
     rewrite_manifest(directory, bundle.WEIGHTS)
 
 
+def disagreeing_config(directory: Path) -> None:
+    """config.json's Hugging Face fields say another window than its runtime fields; the manifest made to agree."""
+    path = directory / bundle.CONFIG
+    path.write_text(json.dumps({**json.loads(path.read_text()), "sliding_window": 64}))
+    rewrite_manifest(directory, bundle.CONFIG)
+
+
 TAMPERING = {
     "a changed byte": (flip_a_byte, "model.safetensors: its sha256 is not the manifest's"),
     "a missing file": (lambda d: (d / bundle.TOKENIZER).unlink(), "tokenizer.model"),
     "an extra file": (lambda d: (d / "payload.pkl").write_bytes(b"\x80\x04K\x01."),
                       "payload.pkl: not part of the bundle"),
     "an edited manifest": (lambda d: (d / bundle.MANIFEST).write_text(
-        (d / bundle.MANIFEST).read_text().replace('"format": 1', '"format": 1, "signed": true')),
+        (d / bundle.MANIFEST).read_text().replace('"format": 2', '"format": 2, "signed": true')),
         "manifest.json: expected exactly the keys"),
     "a manifest with a wrong size": (lambda d: (d / bundle.MANIFEST).write_text(json.dumps({
         **json.loads((d / bundle.MANIFEST).read_text()),
@@ -164,6 +171,8 @@ TAMPERING = {
                   bundle.CONFIG: {"sha256": "0" * 64, "size": 1}}})), "config.json"),
     "a header that asks for gigabytes": (lambda d: lying_header(d, 2**40), "model.safetensors: its header claims"),
     "a tensor bigger than the file": (oversized_tensor, "model.safetensors: tensor"),
+    "Hugging Face fields that disagree": (disagreeing_config,
+                                          "config.json: 'sliding_window' is 64; the runtime's fields make it 32"),
 }
 
 
@@ -283,27 +292,37 @@ def test_special_tokens_must_be_ids_of_the_vocabulary(tiny_bundle, tmp_path, spe
 @given(name=st.sampled_from(["temperature", "top_k", "top_p"]),
        value=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 10**20), st.booleans(),
                        st.text(max_size=4), st.none()))
-def test_generation_json_is_held_to_the_bounds_every_sampling_value_has(tiny_bundle, tmp_path_factory, name, value):
+def test_generation_config_is_held_to_the_bounds_every_sampling_value_has(tiny_bundle, tmp_path_factory, name, value):
     assume(out_of_bounds(name, value))
     forgery = forged(tiny_bundle, tmp_path_factory.mktemp("g"), bundle.GENERATION,
                      lambda generation: generation.update({name: value}))
-    with pytest.raises(bundle.BundleError, match=f"generation.json: {name} must be "):
+    with pytest.raises(bundle.BundleError, match=f"{bundle.GENERATION}: {name} must be "):
         load_bundle(forgery)
 
 
-def test_a_bundle_whose_generation_json_says_nan_is_refused_by_verify_and_generate(tiny_bundle, tmp_path):
+def test_a_bundle_whose_generation_config_says_nan_is_refused_by_verify_and_generate(tiny_bundle, tmp_path):
     forgery = forged(tiny_bundle, tmp_path, bundle.GENERATION, lambda generation: generation.update(temperature=-1))
-    refused_in_one_line(forgery, "generation.json: temperature must be in [0, 10] (0 = greedy), got -1")
+    refused_in_one_line(forgery, "generation_config.json: temperature must be in [0, 10] (0 = greedy), got -1")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"eos_token_id": 1000000}, "'eos_token_id' is 1000000, config.json's eos token is 3"),
+    ({"pad_token_id": 2}, "'pad_token_id' is 2, config.json's pad token is 0"),
+    ({"do_sample": False}, "'do_sample' is False with temperature 0.8 (0 is greedy)")])
+def test_generation_config_says_what_the_runtime_does(tiny_bundle, tmp_path, change, message):
+    """`transformers` reads generation_config.json's token ids and do_sample, the runtime config.json's: one model."""
+    forgery = forged(tiny_bundle, tmp_path, bundle.GENERATION, lambda generation: generation.update(change))
+    refused_in_one_line(forgery, f"generation_config.json: {message}")
 
 
 def test_non_finite_weights_are_refused(tiny_bundle, tmp_path):
     def poisoned(data: bytes) -> bytes:
         weights = load_safetensors(data)
-        weights["norm.weight"][3] = np.nan
+        weights["model.norm.weight"][3] = np.nan
         return save_safetensors(weights)
 
     refused_in_one_line(forged(tiny_bundle, tmp_path, bundle.WEIGHTS, poisoned),
-                        "model.safetensors: norm.weight holds non-finite weights")
+                        "model.safetensors: model.norm.weight holds non-finite weights")
 
 
 def test_a_tokenizer_swapped_inside_a_bundle_is_refused(tiny_bundle, tmp_path):

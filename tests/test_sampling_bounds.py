@@ -1,4 +1,4 @@
-"""One rule for every sampling value, whatever gives it: a call's options, params.yaml, a bundle's generation.json."""
+"""One rule for every sampling value, whatever gives it: a call's options, params.yaml, a bundle's generation_config.json."""
 
 import json
 import math
@@ -15,6 +15,7 @@ from src.lib.runtime.sampling_bounds import SAMPLING_BOUNDS, out_of_bounds
 
 VALUES = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**30, 10**30), st.booleans(),
                    st.text(max_size=4), st.none(), st.lists(st.integers(), max_size=2))
+CONFIG = {"special_tokens": {"pad": 0, "unk": 1, "bos": 2, "eos": 3}}  # what check_generation holds token ids to
 
 
 def refused(check) -> bool:
@@ -27,7 +28,7 @@ def refused(check) -> bool:
 
 @settings(max_examples=500, deadline=None, database=None)
 @given(name=st.sampled_from(["temperature", "top_k", "top_p"]), value=VALUES)
-def test_options_params_and_generation_json_refuse_exactly_the_same_values(name, value):
+def test_options_params_and_generation_config_refuse_exactly_the_same_values(name, value):
     bad = out_of_bounds(name, value) is not None
     if value is not None:  # None is an option's "the model's default"
         assert refused(lambda: Options(**{name: value}).check()) == bad
@@ -35,7 +36,7 @@ def test_options_params_and_generation_json_refuse_exactly_the_same_values(name,
     if name != "top_p":
         assert refused(lambda: check_field(ValidateConfig, name, value)) == bad
     generation = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, name: value}
-    assert refused(lambda: check_generation(json.loads(json.dumps(generation)), "generation.json")) == (
+    assert refused(lambda: check_generation(json.loads(json.dumps(generation)), CONFIG, "generation_config.json")) == (
         out_of_bounds(name, json.loads(json.dumps(value))) is not None)
 
 

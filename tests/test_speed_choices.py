@@ -11,8 +11,8 @@ from torch.profiler import profile
 from src.config import ConfigError
 from src.model.transformer import ModelShape
 from src.training import speed_choices
-from src.training.speed_choices import (attention_kernel, precision_context, resolve_attention, resolve_precision,
-                                        step_products)
+from src.training.speed_choices import resolve_attention, resolve_precision, step_products
+from src.training.step import attention_kernel, precision_context
 
 SHAPE = ModelShape(vocab_size=500, n_layers=2, n_heads=2, d_model=32, d_ff=64, context_length=16, dropout=0.0)
 CPU = torch.device("cpu")

@@ -22,7 +22,7 @@ def test_download_then_tokenize_from_the_loopback_server(workdir, book_server):
     done = run_module("src.pipeline.download", workdir, env={"TT_CORPUS_MIRROR": book_server.url})
     assert done.returncode == 0, done.stderr
     assert sorted(book_server.requests) == ["/pg11.txt", "/pg1342.txt", "/pg2000.txt"]
-    corpus = (workdir / "data/corpus.txt").read_text(encoding="utf-8")
+    corpus = (workdir / "data/corpus_bilingual.txt").read_text(encoding="utf-8")
     assert "It is a truth universally acknowledged" in corpus and "En un lugar de la Mancha" in corpus
     assert "PROJECT GUTENBERG" not in corpus.upper() and "\r" not in corpus
     metrics = json.loads((workdir / "metrics/corpus.json").read_text())["corpus"]
@@ -33,7 +33,7 @@ def test_download_then_tokenize_from_the_loopback_server(workdir, book_server):
     write_params(workdir, {"vocab_size": 2000})
     done = run_module("src.pipeline.tokenize", workdir)
     assert done.returncode == 0, done.stderr
-    assert (workdir / "data/tokenizer.model").is_file() and (workdir / "data/tokenizer.vocab").is_file()
+    assert (workdir / "data/bilingual_2k.model").is_file() and (workdir / "data/bilingual_2k.vocab").is_file()
     tokenizer = json.loads((workdir / "metrics/tokenizer.json").read_text())["tokenizer"]
     assert tokenizer["vocab_size"] == 2000
     assert set(tokenizer["held_out"]) == {"en", "es"}

@@ -24,18 +24,25 @@ def test_train_writes_the_models_and_metrics(tiny_pipeline):
     speed = json.loads((tiny_pipeline / paths.TRAIN_SPEED).read_text())["train_speed"]
     assert speed["seconds"] > 0 and speed["tokens_per_sec"] > 0
     seed_shape = json.loads((tiny_pipeline / paths.TRAINING_METRICS).read_text())
-    assert len(seed_shape["history"]) == TINY_PARAMS["epochs"]
-    assert {"train_loss", "validation_loss"} <= set(seed_shape["history"][0])
+    assert len(seed_shape["history"]) == TINY_PARAMS["epochs"]  # train.eval_every_steps 0: at epoch ends
+    assert [row["epoch"] for row in seed_shape["epoch_history"]] == [1, 2]
+    assert {"train_loss", "validation_loss", "epoch_seconds"} <= set(seed_shape["epoch_history"][0])
     assert "total_training_time" in seed_shape["final_metrics"]
-    plot = json.loads((tiny_pipeline / paths.TRAIN_PLOT).read_text())
-    assert [row["epoch"] for row in plot] == [1, 2] and set(plot[0]) == {
-        "step", "epoch", "tokens", "seconds", "train_loss", "validation_loss", "learning_rate"}
-    assert plot[1]["step"] == 2 * plot[0]["step"] and plot[1]["seconds"] > plot[0]["seconds"] > 0
+    evaluations = json.loads((tiny_pipeline / paths.EVAL_PLOT).read_text())
+    assert [row["epoch"] for row in evaluations] == [1, 2] and set(evaluations[0]) == {
+        "step", "epoch", "tokens", "seconds", "validation_loss", "validation_bits_per_byte"}
+    assert evaluations[1]["step"] == 2 * evaluations[0]["step"]
+    assert evaluations[1]["seconds"] > evaluations[0]["seconds"] > 0
+    logged = json.loads((tiny_pipeline / paths.TRAIN_PLOT).read_text())  # the training loss every 10 steps, and last
+    total = evaluations[1]["step"]
+    assert [row["step"] for row in logged] == sorted({*range(10, total + 1, 10), total})
+    assert set(logged[0]) == {"step", "epoch", "tokens", "seconds", "train_loss", "learning_rate"}
     best = torch.load(tiny_pipeline / paths.BEST_MODEL, weights_only=True)
     assert best["training_state"]["best_validation_loss"] == pytest.approx(train["best_validation_loss"], abs=1e-6)
     assert (tiny_pipeline / paths.FINAL_MODEL).is_file()
-    assert {p.name for p in (tiny_pipeline / paths.CHECKPOINT_DIR).glob("*.pt")} == {
-        "best.pt", "last.pt", "epoch_0001.pt", "epoch_0002.pt"}
+    assert {p.name for p in (tiny_pipeline / paths.CHECKPOINT_DIR).glob("*.pt")} == {"best.pt", "last.pt"}
+    assert {p.name for p in (tiny_pipeline / paths.PERIODIC_DIR).glob("checkpoint_epoch_*.pt")} == {
+        "checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt"}
 
 
 def test_train_without_tokens_exits_1(tmp_path):
@@ -45,13 +52,12 @@ def test_train_without_tokens_exits_1(tmp_path):
 
 
 def test_a_nan_loss_exits_4_and_keeps_the_last_good_checkpoint(tiny_copy):
-    checkpoints = tiny_copy / paths.CHECKPOINT_DIR
-    poison_epoch_1(checkpoints, "blocks.0.mlp.up.weight", float("inf"))
-    before = (checkpoints / "epoch_0001.pt").read_bytes()
+    poisoned = poison_epoch_1(tiny_copy, "blocks.0.mlp.up.weight", float("inf"))
+    before = poisoned.read_bytes()
     done = run_module("src.pipeline.train", tiny_copy)
     assert done.returncode == 4, done.stderr
     assert "loss became" in done.stderr and "at epoch 2, step 1 " in done.stderr and "lower learning_rate" in done.stderr
-    assert (checkpoints / "epoch_0001.pt").read_bytes() == before
+    assert poisoned.read_bytes() == before
 
 
 def test_validate_passes_and_writes_samples_and_metrics(tiny_copy):

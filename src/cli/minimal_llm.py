@@ -197,8 +197,9 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--bundle", type=Path, default=paths.BUNDLE_DIR,
                      help=f"a model bundle, run without PyTorch (default {paths.BUNDLE_DIR})")
     gen.add_argument("--model", type=Path, help="a checkpoint (.pt) instead of a bundle, run through PyTorch")
-    gen.add_argument("--tokenizer", type=Path, default=paths.TOKENIZER_MODEL,
-                     help=f"the checkpoint's tokenizer (default {paths.TOKENIZER_MODEL}; a bundle holds its own)")
+    gen.add_argument("--tokenizer", type=Path,
+                     help="the checkpoint's tokenizer (default: the one --params names, data/<names.tokenizer>.model; "
+                          "a bundle holds its own)")
     gen.add_argument("--json", action="store_true", help="print the text and metrics as one JSON object")
     gen.add_argument("--safety-mode", dest="safety_mode", choices=("off", "strict"), default="off",
                      help="strict: caps prompt length, max_tokens and --stop, enforces the memory/latency budgets, "

@@ -106,7 +106,7 @@ class Model:
     runtime: str  # "bundle" (numpy) | "pytorch"
     new_decoder: Callable[[], Decoder]  # a decoder with its own KV cache, one for each generation
     tokenizer: Any  # a sentencepiece processor
-    defaults: Sampling  # a bundle's generation.json, else the params' generation section
+    defaults: Sampling  # a bundle's generation_config.json, else the params' generation section
     eos_id: int
     best_validation_loss: float | None
     budgets: dict[str, float] | None  # what the model may use on a device (the CLI's --safety-mode strict)
@@ -132,7 +132,7 @@ class Generator:
         self._byte_values = byte_values(model.tokenizer)
 
     @classmethod
-    def load(cls, path: Path | str, *, tokenizer: Path | str = paths.TOKENIZER_MODEL,
+    def load(cls, path: Path | str, *, tokenizer: Path | str | None = None,
              params: Path | str | None = None, threads: int = 1) -> "Generator":
         """A bundle directory through the runtime, or a checkpoint file (.pt) through PyTorch (see
         ``from_checkpoint`` for the other arguments). A path that is neither is taken for what it looks like: a
@@ -155,11 +155,12 @@ class Generator:
                          metrics.get("budgets"), metrics.get("languages")))
 
     @classmethod
-    def from_checkpoint(cls, model_file: Path | str, tokenizer_file: Path | str = paths.TOKENIZER_MODEL,
+    def from_checkpoint(cls, model_file: Path | str, tokenizer_file: Path | str | None = None,
                         params: Path | str | None = None, threads: int = 1) -> "Generator":
         """A checkpoint through PyTorch on ``threads`` CPU threads, with the tokenizer it was trained with (refused
-        otherwise) and the sampling defaults and budgets of ``params``: a file given must be there and valid;
-        without one, params.yaml where it exists (else PyTorch's own defaults and no budgets)."""
+        otherwise; None: the one the params name) and the sampling defaults and budgets of ``params``: a file
+        given must be there and valid; without one, params.yaml where it exists (else PyTorch's own defaults, no
+        budgets, and the tokenizer must be given)."""
         from src.config import PARAMS_FILE, ConfigError, load_config
         from src.data.tokenizer import EOS_ID, TokenizerError, load_tokenizer
         from src.inference.generate import TorchDecoder
@@ -167,24 +168,31 @@ class Generator:
 
         import torch
 
-        model_file, tokenizer_file = Path(model_file), Path(tokenizer_file)
+        model_file = Path(model_file)
         check_threads(threads)
         torch.set_num_threads(threads)
         try:
             network, meta = load_model(model_file)  # first: a file that is no checkpoint is named as such
-            tokenizer = load_tokenizer(tokenizer_file)
-        except (CheckpointError, TokenizerError) as exc:
+        except CheckpointError as exc:
             raise GenerationError(str(exc)) from None
-        if file_digest(tokenizer_file) != (meta.get("fingerprint") or {}).get("tokenizer"):
-            raise GenerationError(f"{tokenizer_file} is not the tokenizer {model_file} was trained with (its sha256 "
-                                  f"differs from the one the checkpoint records): they come from different runs")
-        defaults, budgets = Sampling(), None
+        cfg = None
         if params is not None or paths.file_problem(PARAMS_FILE) != paths.NOT_FOUND:
             try:
                 cfg = load_config(PARAMS_FILE if params is None else params)
             except ConfigError as exc:
                 raise GenerationError(str(exc)) from None
-            defaults, budgets = Sampling(**vars(cfg.generation)), vars(cfg.validate.budgets)
+        if tokenizer_file is None and cfg is None:
+            raise GenerationError(f"{PARAMS_FILE} not found: it names the tokenizer, else give the tokenizer file")
+        tokenizer_file = Path(tokenizer_file) if tokenizer_file is not None else cfg.tokenizer_name.model
+        try:
+            tokenizer = load_tokenizer(tokenizer_file)
+        except TokenizerError as exc:
+            raise GenerationError(str(exc)) from None
+        if file_digest(tokenizer_file) != (meta.get("fingerprint") or {}).get("tokenizer"):
+            raise GenerationError(f"{tokenizer_file} is not the tokenizer {model_file} was trained with (its sha256 "
+                                  f"differs from the one the checkpoint records): they come from different runs")
+        defaults, budgets = ((Sampling(**vars(cfg.generation)), vars(cfg.validate.budgets)) if cfg is not None
+                             else (Sampling(), None))
         return cls(Model(model_file, "pytorch", lambda: TorchDecoder(network), tokenizer, defaults, EOS_ID,
                          (meta.get("training_state") or {}).get("best_validation_loss"), budgets, None))
 

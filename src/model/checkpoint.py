@@ -220,10 +220,10 @@ def export_model(checkpoint: Path, target: Path) -> None:
     save_checkpoint(target, {k: v for k, v in state.items() if k not in TRAINING_ONLY})
 
 
-def set_aside(path: Path) -> Path:
-    """Move a checkpoint that must not be used into ``set_aside/`` beside it; never delete it, nor one set
-    aside before under the same name (``last.pt``, then ``last.1.pt``, ``last.2.pt``, ...)."""
-    folder = path.parent / "set_aside"
+def set_aside(path: Path, run_folder: Path | None = None) -> Path:
+    """Move a checkpoint that must not be used into ``set_aside/`` in ``run_folder`` (else beside it); never delete
+    it, nor one set aside before under the same name (``last.pt``, then ``last.1.pt``, ``last.2.pt``, ...)."""
+    folder = Path(run_folder if run_folder is not None else path.parent) / "set_aside"
     folder.mkdir(parents=True, exist_ok=True)
     target, earlier = folder / path.name, 0
     while target.exists():

@@ -4,8 +4,9 @@
 
 ``python -m src.lib.runtime create_bundle --model ... --tokenizer ...`` runs the same ``create_bundle``.
 It writes the files src/lib/runtime/bundle.py lists into ``dist/tinytransformer/``: the checkpoint's
-weights as safetensors and its forward pass as config, the tokenizer, the generation defaults, the
-metrics, where it all came from, and a model card; then it reads the bundle back as a device would.
+weights as safetensors and its forward pass as config, the tokenizer (sentencepiece's, and the same as
+tokenizer.json), the generation defaults, the metrics, where it all came from, and a model card; then it
+reads the bundle back as a device would. The directory is also a Hugging Face model directory.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 
 from src import paths
 from src.atomic import json_bytes
-from src.config import BudgetConfig, GenerationConfig, load_config
+from src.config import BudgetConfig, GenerationConfig, TokenizerName, load_config
+from src.data.hf_tokenizer import special_tokens_map, tokenizer_config, tokenizer_json
 from src.data.tokenizer import TokenizerError, load_tokenizer
 from src.lib.runtime import bundle
 from src.lib.runtime.model import load_bundle
@@ -81,7 +83,7 @@ def model_card(config: dict[str, Any], metrics: dict[str, Any], provenance: dict
                       f"`{b['sha256'][:12]}` |" for b in provenance["books"]) or "| (not recorded) | | | | |"
     loss, bits = metrics["validation_loss"], metrics["validation_bits_per_byte"]
     figures = (f"- validation loss **{loss:.4f}** nats per token, **{bits:.4f}** bits per byte, after "
-               f"{metrics['best_epoch']} of {metrics['epochs']} epochs" if loss is not None and bits is not None
+               f"{metrics['best_epoch']:g} of {metrics['epochs']:g} epochs" if loss is not None and bits is not None
                else "- validation figures: not recorded with this bundle")
     bits_by_language = metrics.get("bits_per_byte_by_language") or {}
     per_language = "\n".join(
@@ -89,7 +91,7 @@ def model_card(config: dict[str, Any], metrics: dict[str, Any], provenance: dict
         + f"{m['tokens_per_character']} tokens per character on its held-out text"
         for language, m in metrics.get("tokenizer", {}).items())
     header = "\n".join(["---", "language:", *(f"- {code}" for code in languages), "license: mit",
-                        "library_name: numpy", "pipeline_tag: text-generation",
+                        "library_name: transformers", "pipeline_tag: text-generation",
                         "tags:", "- tinytransformer", "- safetensors", "- dvc", "---"])
     return f"""{header}
 
@@ -97,8 +99,19 @@ def model_card(config: dict[str, Any], metrics: dict[str, Any], provenance: dict
 
 A small decoder-only language model ({config['n_layers']} layers, {config['n_heads']} heads, width {config['d_model']},
 context {config['context_length']} tokens, {config['vocab_size']} sentencepiece pieces, {metrics.get('parameters', '?')}
-parameters), trained by the TinyTransformer DVC pipeline on the books below. It runs with numpy,
-sentencepiece and safetensors alone: `python -m src.cli.minimal_llm generate --bundle <this folder> --prompt "..."`.
+parameters), trained by the TinyTransformer DVC pipeline on the books below.
+
+With `transformers` (as `{config['architectures'][0]}`: the same logits, the same token ids):
+
+```python
+from transformers import pipeline
+
+generate = pipeline("text-generation", model="<this folder or its Hub id>")
+print(generate("<some text>", max_new_tokens=40, do_sample=False)[0]["generated_text"])
+```
+
+Or with numpy, sentencepiece and safetensors alone, through the TinyTransformer runtime:
+`python -m src.cli.minimal_llm generate --bundle <this folder> --prompt "..."`.
 
 ## Data
 
@@ -129,6 +142,20 @@ its few books; it has no safety training. Do not use it for anything where the c
 """
 
 
+def tokenizer_files(model: bytes, special: dict[str, int]) -> dict[str, bytes]:
+    """The sentencepiece ``model``, and the same tokenizer as `transformers` loads it."""
+    return {bundle.TOKENIZER: model, bundle.HF_TOKENIZER: json_bytes(tokenizer_json(model)),
+            bundle.HF_TOKENIZER_CONFIG: json_bytes(tokenizer_config(special, model)),
+            bundle.HF_SPECIAL_TOKENS: json_bytes(special_tokens_map(special, model))}
+
+
+def generation_config(generation: GenerationConfig, special: dict[str, int]) -> dict[str, Any]:
+    """generation_config.json: the default sampling, as the runtime and `transformers` read it (temperature 0:
+    greedy, do_sample false), with the special token ids."""
+    return {**asdict(generation), "do_sample": generation.temperature > 0,
+            "bos_token_id": special["bos"], "eos_token_id": special["eos"], "pad_token_id": special["pad"]}
+
+
 def create_bundle(model: Path, tokenizer: Path, out: Path, inputs: BundleInputs) -> Path:
     """Write the bundle of ``model`` and ``tokenizer`` to ``out``, read it back as a device would, return ``out``.
 
@@ -144,6 +171,7 @@ def create_bundle(model: Path, tokenizer: Path, out: Path, inputs: BundleInputs)
     try:
         config, weights, meta = export_for_runtime(model)
         load_tokenizer(tokenizer)
+        tokenizers = tokenizer_files(Path(tokenizer).read_bytes(), config["special_tokens"])
     except (CheckpointError, TokenizerError) as exc:
         raise BundleInputError(str(exc)) from None
     if file_digest(tokenizer) != (meta.get("fingerprint") or {}).get("tokenizer"):
@@ -174,8 +202,8 @@ def create_bundle(model: Path, tokenizer: Path, out: Path, inputs: BundleInputs)
     files = {
         bundle.WEIGHTS: weights,
         bundle.CONFIG: json_bytes(config),
-        bundle.TOKENIZER: Path(tokenizer).read_bytes(),
-        bundle.GENERATION: json_bytes(asdict(inputs.generation)),
+        **tokenizers,
+        bundle.GENERATION: json_bytes(generation_config(inputs.generation, config["special_tokens"])),
         bundle.METRICS: json_bytes(metrics),
         bundle.PROVENANCE: json_bytes(provenance),
         bundle.MODEL_CARD: model_card(config, metrics, provenance).encode("utf-8"),
@@ -185,9 +213,10 @@ def create_bundle(model: Path, tokenizer: Path, out: Path, inputs: BundleInputs)
     return out
 
 
-def pipeline_inputs(generation: GenerationConfig, budgets: BudgetConfig | None, *, required: bool) -> BundleInputs:
-    """The pipeline's metrics and sources for a bundle; ``required``: each must exist (the stage), else each is
-    taken when it exists (a bundle made by hand from a checkpoint)."""
+def pipeline_inputs(generation: GenerationConfig, budgets: BudgetConfig | None, model: Path, tokenizer: Path, *,
+                    required: bool) -> BundleInputs:
+    """The pipeline's metrics and sources for a bundle of ``model`` and ``tokenizer``; ``required``: each must exist
+    (the stage), else each is taken when it exists (a bundle made by hand from a checkpoint)."""
     files = {"train_metrics": (paths.TRAIN_METRICS, "train"),
              "tokenizer_metrics": (paths.TOKENIZER_METRICS, "tokenize"),
              "sources": (paths.CORPUS_SOURCES, "download")}
@@ -197,20 +226,20 @@ def pipeline_inputs(generation: GenerationConfig, budgets: BudgetConfig | None, 
             found[name] = read_json(path)
         elif required:
             raise missing_input(path, stage)
-    inputs = (paths.BEST_MODEL, paths.TOKENIZER_MODEL, *(path for path, _ in files.values()))
+    inputs = (Path(model), Path(tokenizer), *(path for path, _ in files.values()))
     recorded = {str(path): md5_of(path) for path in inputs if path.is_file()}
     return BundleInputs(generation, budgets, train_metrics=found.get("train_metrics", {}).get("train", {}),
                         tokenizer_metrics=found.get("tokenizer_metrics", {}).get("tokenizer", {}),
                         sources=found.get("sources", {}).get("books", []), recorded=recorded)
 
 
-def make_bundle(generation: GenerationConfig, budgets: BudgetConfig) -> Path:
+def make_bundle(generation: GenerationConfig, budgets: BudgetConfig, tokenizer_name: TokenizerName) -> Path:
     """The stage: the best model and its tokenizer, with every pipeline input required."""
-    for needed, stage in ((paths.BEST_MODEL, "train"), (paths.TOKENIZER_MODEL, "tokenize")):
+    for needed, stage in ((paths.BEST_MODEL, "train"), (tokenizer_name.model, "tokenize")):
         if not needed.is_file():
             raise missing_input(needed, stage)
-    out = create_bundle(paths.BEST_MODEL, paths.TOKENIZER_MODEL, paths.BUNDLE_DIR,
-                        pipeline_inputs(generation, budgets, required=True))
+    out = create_bundle(paths.BEST_MODEL, tokenizer_name.model, paths.BUNDLE_DIR,
+                        pipeline_inputs(generation, budgets, paths.BEST_MODEL, tokenizer_name.model, required=True))
     log.info("bundle written to %s and verified", out)
     return out
 
@@ -220,7 +249,7 @@ def main() -> None:
 
     def body() -> None:
         cfg = load_config(args.params)
-        make_bundle(cfg.generation, cfg.validate.budgets)
+        make_bundle(cfg.generation, cfg.validate.budgets, cfg.tokenizer_name)
 
     run_stage("bundle", body, expected=(BundleInputError, bundle.BundleError))
 

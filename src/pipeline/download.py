@@ -16,7 +16,7 @@ from pathlib import Path
 
 from src import paths
 from src.atomic import remove_leftovers, write_atomic, write_json
-from src.config import BookSource, CorpusConfig, SplitConfig, load_config
+from src.config import BookSource, CorpusConfig, CorpusName, SplitConfig, load_config
 from src.data.corpus import BookSpan, assemble, part_text, split_books, write_index
 from src.data.fetch import MIRROR_ENV, DownloadError, FetchPolicy, fetch_verified, resolve_location, sha256_of
 from src.data.gutenberg import Book, NotTextError, read_book
@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 MIN_HELD_OUT_CHARACTERS = 500
 
 
-def download(cfg: CorpusConfig, split: SplitConfig, *, mirror: str | None, raw_dir: Path = paths.RAW_DIR,
-             corpus_file: Path = paths.CORPUS_FILE, index_file: Path = paths.CORPUS_INDEX_FILE,
+def download(cfg: CorpusConfig, split: SplitConfig, corpus_name: CorpusName, *, mirror: str | None,
+             raw_dir: Path = paths.RAW_DIR, index_file: Path = paths.CORPUS_INDEX_FILE,
              sources_file: Path = paths.CORPUS_SOURCES, languages_file: Path = paths.LANGUAGES,
              metrics_file: Path = paths.CORPUS_METRICS) -> dict:
     require_free_disk(raw_dir, cfg.min_free_disk_gb)
@@ -53,9 +53,10 @@ def download(cfg: CorpusConfig, split: SplitConfig, *, mirror: str | None, raw_d
         if (raw_dir / stale).is_file():
             (raw_dir / stale).unlink()  # a book no longer in corpus.sources (data/raw persists)
 
+    corpus_name.check_languages([language for _, language, _ in books])  # the headers may have named some of them
     corpus, spans = assemble(books)
     languages = language_profiles(corpus, spans, split.holdout_fraction)
-    write_atomic(corpus_file, corpus)
+    write_atomic(corpus_name.file, corpus)
     write_index(index_file, spans)
     write_json(languages_file, languages)
     metrics = corpus_metrics(corpus, spans)
@@ -122,7 +123,7 @@ def main() -> None:
 
     def body() -> None:
         cfg = load_config(args.params)
-        download(cfg.corpus, cfg.split, mirror=os.environ.get(MIRROR_ENV))
+        download(cfg.corpus, cfg.split, cfg.corpus_name, mirror=os.environ.get(MIRROR_ENV))
 
     run_stage("download", body, expected=(DownloadError, NotTextError))
 

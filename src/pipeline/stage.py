@@ -52,6 +52,12 @@ def stage_arguments(description: str | None) -> argparse.Namespace:
     return parser.parse_args()
 
 
+def _level_prefix(record: logging.LogRecord) -> bool:
+    """A warning or an error says so ("train: warning: ..."); information goes as it is."""
+    record.levelprefix = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+    return True
+
+
 def _terminate(signum: int, frame) -> None:
     raise Terminated()
 
@@ -106,7 +112,9 @@ def run_stage(name: str, body: Callable[[], None], expected: tuple[type[BaseExce
     DVC keeps its ``cache: false`` outputs where a restore finds them (``_keep_uncached_outputs``).
     """
     failure_code = STAGE_FAILURE[name]
-    logging.basicConfig(level=logging.INFO, format=f"{name}: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format=f"{name}: %(levelprefix)s%(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_level_prefix)
     signal.signal(signal.SIGTERM, _terminate)
     try:
         body()

@@ -10,18 +10,19 @@ from pathlib import Path
 
 from src import paths
 from src.atomic import write_json
-from src.config import SplitConfig, TokenizerConfig, load_config
+from src.config import CorpusName, SplitConfig, TokenizerConfig, TokenizerName, load_config
 from src.data.corpus import part_text, read_index, split_books
-from src.data.dataset import encode_split, write_token_dataset
+from src.data.token_files import encode_split, write_token_dataset
 from src.data.tokenizer import TokenizerError, held_out_metrics, train_tokenizer
 from src.pipeline.stage import StageError, missing_input, run_stage, stage_arguments
 
 log = logging.getLogger(__name__)
 
-def tokenize(split_cfg: SplitConfig, cfg: TokenizerConfig, *, corpus_file: Path = paths.CORPUS_FILE,
-             index_file: Path = paths.CORPUS_INDEX_FILE, model_file: Path = paths.TOKENIZER_MODEL,
-             vocab_file: Path = paths.TOKENIZER_VOCAB, metrics_file: Path = paths.TOKENIZER_METRICS,
+
+def tokenize(split_cfg: SplitConfig, cfg: TokenizerConfig, corpus_name: CorpusName, tokenizer_name: TokenizerName, *,
+             index_file: Path = paths.CORPUS_INDEX_FILE, metrics_file: Path = paths.TOKENIZER_METRICS,
              tokens_dir: Path = paths.TOKENS_DIR) -> dict:
+    corpus_file = corpus_name.file
     for needed in (corpus_file, index_file):
         if not needed.is_file():
             raise missing_input(needed, "download")
@@ -36,7 +37,7 @@ def tokenize(split_cfg: SplitConfig, cfg: TokenizerConfig, *, corpus_file: Path 
         raise StageError(f"{corpus_file} and {index_file} do not fit together ({type(exc).__name__}: {exc}); "
                          f"rebuild them with `dvc repro --force download`") from None
 
-    processor = train_tokenizer(lines, cfg, model_file, vocab_file)
+    processor = train_tokenizer(lines, cfg, tokenizer_name.model, tokenizer_name.vocab)
     write_token_dataset(tokens_dir, {part: encode_split(processor, corpus, splits, part)
                                      for part in ("train", "validation")})
     metrics = {"vocab_size": processor.get_piece_size(),
@@ -52,7 +53,7 @@ def main() -> None:
 
     def body() -> None:
         cfg = load_config(args.params)
-        tokenize(cfg.split, cfg.tokenizer)
+        tokenize(cfg.split, cfg.tokenizer, cfg.corpus_name, cfg.tokenizer_name)
 
     run_stage("tokenize", body, expected=(TokenizerError,))
 

@@ -20,29 +20,27 @@ bit-identical; the metrics record each verdict with its figures.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from src.atomic import write_json
 from src.config import ConfigError
 from src.model.transformer import ModelShape
 from src.training.distributed import processor_name
+from src.training.step import KERNELS, attention_kernel, precision_context
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "TT_CACHE_DIR"
 MIN_SPEEDUP = 1.15  # bf16 over fp32, on the step's products, for auto to choose bf16
 ROUNDS = 5
-KERNELS = {"math": [SDPBackend.MATH], "flash": [SDPBackend.FLASH_ATTENTION]}
 
 
 def cache_dir() -> Path:
@@ -138,39 +136,7 @@ def resolve_precision(setting: str, device: torch.device, shape: ModelShape, bat
     return verdict["precision"], reason
 
 
-@contextlib.contextmanager
-def bf16_math_attention() -> Iterator[None]:
-    """Let SDPA's math kernel keep bf16 queries, keys and values in bf16 (it casts them to fp32 by default).
-
-    Kept in bf16, its matrix products run at the bf16 rate and its softmax still sums in fp32. The switch is
-    process-wide in PyTorch and read when torch.compile traces, so it is set around every call of the step,
-    not inside the compiled model; Inductor's caches key on the graph it traces, which the switch changes.
-    """
-    allowed = torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed()  # despite the name, every device
-    torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)
-    try:
-        yield
-    finally:
-        torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(allowed)
-
-
-@contextlib.contextmanager
-def precision_context(precision: str, device: torch.device = torch.device("cpu")) -> Iterator[None]:
-    """bf16: autocast, with attention's matrix products in bf16 too; fp32: nothing changes."""
-    if precision != "bf16":
-        yield
-        return
-    with bf16_math_attention(), torch.autocast(device.type, dtype=torch.bfloat16):
-        yield
-
-
 # --- attention kernel --------------------------------------------------------------------------------------
-
-def attention_kernel(kernel: str) -> contextlib.AbstractContextManager:
-    """SDPA restricted to ``kernel`` (math | flash); ``default``: PyTorch's own choice. Like the precision
-    switch, it is read when torch.compile traces, so it is set around every call of the step."""
-    return contextlib.nullcontext() if kernel == "default" else sdpa_kernel(KERNELS[kernel])
-
 
 def time_attention(kernel: str, precision: str, shape: ModelShape, batch: int, length: int) -> float:
     """Seconds of a causal attention's forward and backward at the step's shape (per layer), after a warm-up."""

@@ -1,6 +1,6 @@
 """Make or check a bundle.
 
-    python -m src.lib.runtime create_bundle --model data/best_model.pt --tokenizer data/tokenizer.model [--out DIR]
+    python -m src.lib.runtime create_bundle --model data/best_model.pt --tokenizer data/bilingual_8k.model [--out DIR]
     python -m src.lib.runtime verify DIR
 
 create_bundle takes the generation defaults and budgets from --params (params.yaml), and the metrics and book
@@ -28,7 +28,7 @@ def create(args: argparse.Namespace) -> str:
 
     try:
         cfg = load_config(args.params)
-        inputs = pipeline_inputs(cfg.generation, cfg.validate.budgets, required=False)
+        inputs = pipeline_inputs(cfg.generation, cfg.validate.budgets, args.model, args.tokenizer, required=False)
         create_bundle(args.model, args.tokenizer, args.out, inputs)
     except (ConfigError, BundleInputError) as exc:
         raise BundleError(str(exc)) from None

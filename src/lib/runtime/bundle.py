@@ -1,13 +1,20 @@
 """The model bundle: the one directory a device needs, every file in it listed in its manifest.
 
-    model.safetensors   the weights, fp32, the tied output head stored once (as the embedding)
-    config.json         everything that rebuilds the forward pass
-    tokenizer.model     the sentencepiece model
-    generation.json     the default sampling (temperature, top_k, top_p)
-    metrics.json        what training measured, and the budgets the pipeline holds the model to
-    provenance.json     the books, their licence, the commit, the pipeline's hashes, the checkpoint's fingerprint
-    README.md           the model card
-    manifest.json       the format version, and the sha256 and size of every file above
+    model.safetensors        the weights, fp32, under Hugging Face's Starcoder2 names; the tied output head
+                             stored once (as the embedding)
+    config.json              everything that rebuilds the forward pass: the runtime's fields and, derived from
+                             them, Hugging Face's (src/lib/runtime/hf_format.py)
+    tokenizer.model          the sentencepiece model (what the runtime tokenizes with)
+    tokenizer.json           the same tokenizer for Hugging Face `tokenizers`, with
+    tokenizer_config.json    its class and special tokens, and
+    special_tokens_map.json  the special tokens again, as older `transformers` read them
+    generation_config.json   the default sampling (temperature, top_k, top_p) and the special token ids
+    metrics.json             what training measured, and the budgets the pipeline holds the model to
+    provenance.json          the books, their licence, the commit, the pipeline's hashes, the checkpoint's fingerprint
+    README.md                the model card, with the Hugging Face Hub's metadata
+    manifest.json            the format version, and the sha256 and size of every file above
+
+So the directory is also a Hugging Face model directory: ``from_pretrained`` loads it as it is, offline.
 
 No file is pickled. A bundle is read only through ``read_bundle``, which reads each file once, checks it
 against the manifest, and refuses (BundleError, naming the file) a changed byte, a missing or extra file,
@@ -31,16 +38,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the Hugging Face layout (1: PyTorch tensor names, generation.json, no tokenizer.json)
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.model"
-GENERATION = "generation.json"
+HF_TOKENIZER = "tokenizer.json"
+HF_TOKENIZER_CONFIG = "tokenizer_config.json"
+HF_SPECIAL_TOKENS = "special_tokens_map.json"
+GENERATION = "generation_config.json"
 METRICS = "metrics.json"
 PROVENANCE = "provenance.json"
 MODEL_CARD = "README.md"
-FILES = (WEIGHTS, CONFIG, TOKENIZER, GENERATION, METRICS, PROVENANCE, MODEL_CARD)
+FILES = (WEIGHTS, CONFIG, TOKENIZER, HF_TOKENIZER, HF_TOKENIZER_CONFIG, HF_SPECIAL_TOKENS, GENERATION, METRICS,
+         PROVENANCE, MODEL_CARD)
 MAX_HEADER_BYTES = 1 << 20  # a safetensors header or a manifest is a few kB; more is refused before it is read
 _DTYPE_BYTES = {"F32": 4}
 

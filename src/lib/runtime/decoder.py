@@ -4,13 +4,15 @@ It computes what ``src.model.transformer.TinyTransformer.forward`` computes over
 the two to 1e-4), from the bundle's config and weights, with no PyTorch:
 
     x = embedding[token]
-    for each block:  x += out(attention(rope(qkv(layernorm(x)))));  x += down(gelu(up(layernorm(x))))
+    for each block:  n = layernorm(x);  x += o(attention(rope(q(n)), rope(k(n)), v(n)))
+                     x += down(gelu(up(layernorm(x))))
     logits = embedding @ layernorm(x)                     (the head is the embedding)
 
-Rotary positions pair channel i with i + head_dim/2. Keys and values live in a ring of ``context_length``
-slots (position p in slot p % context): a prompt is read at once into an empty cache, causally; then each
-token is one step, and past the context it overwrites the oldest slot, so it attends to itself and the
-context - 1 tokens before it.
+The tensors carry Hugging Face's Starcoder2 names (``hf_format``); the attention's biases, zero in a bundle made
+from TinyTransformer, are added all the same. Rotary positions pair channel i with i + head_dim/2. Keys and
+values live in a ring of ``context_length`` slots (position p in slot p % context): a prompt is read at once
+into an empty cache, causally; then each token is one step, and past the context it overwrites the oldest
+slot, so it attends to itself and the context - 1 tokens before it.
 """
 
 from __future__ import annotations
@@ -36,17 +38,20 @@ def gelu(x: np.ndarray) -> np.ndarray:
 
 def _block_shapes(d: int, f: int) -> dict[str, tuple[int, ...]]:
     """One block's tensors, in the order ``Decoder`` unpacks them, and their shapes."""
-    return {"norm_attn.weight": (d,), "norm_attn.bias": (d,), "attn.qkv.weight": (3 * d, d),
-            "attn.out.weight": (d, d), "norm_mlp.weight": (d,), "norm_mlp.bias": (d,), "mlp.up.weight": (f, d),
-            "mlp.up.bias": (f,), "mlp.down.weight": (d, f), "mlp.down.bias": (d,)}
+    attention = {f"self_attn.{name}_proj.{part}": shape for name in "qkvo"
+                 for part, shape in (("weight", (d, d)), ("bias", (d,)))}
+    return {"input_layernorm.weight": (d,), "input_layernorm.bias": (d,), **attention,
+            "post_attention_layernorm.weight": (d,), "post_attention_layernorm.bias": (d,),
+            "mlp.c_fc.weight": (f, d), "mlp.c_fc.bias": (f,), "mlp.c_proj.weight": (d, f), "mlp.c_proj.bias": (d,)}
 
 
 def tensor_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Every tensor the decoder reads, under its PyTorch name, with its shape (the head is the embedding)."""
+    """Every tensor the decoder reads, under its Hugging Face (Starcoder2) name, with its shape (the head is the
+    embedding)."""
     v, d, f = config["vocab_size"], config["d_model"], config["d_ff"]
-    shapes = {"embed.weight": (v, d), "norm.weight": (d,), "norm.bias": (d,)}
+    shapes = {"model.embed_tokens.weight": (v, d), "model.norm.weight": (d,), "model.norm.bias": (d,)}
     for i in range(config["n_layers"]):
-        shapes.update({f"blocks.{i}.{name}": shape for name, shape in _block_shapes(d, f).items()})
+        shapes.update({f"model.layers.{i}.{name}": shape for name, shape in _block_shapes(d, f).items()})
     return shapes
 
 
@@ -65,10 +70,10 @@ class Decoder:
         self.n_heads, self.context = config["n_heads"], config["context_length"]
         self.head_dim = config["d_model"] // self.n_heads
         self.eps = config["norm_eps"]
-        self.embedding = weights["embed.weight"]  # (V, D): read the token, and write the logits
+        self.embedding = weights["model.embed_tokens.weight"]  # (V, D): read the token, and write the logits
         names = _block_shapes(config["d_model"], config["d_ff"])
-        self.blocks = [tuple(weights[f"blocks.{i}.{name}"] for name in names) for i in range(config["n_layers"])]
-        self.final_norm = (weights["norm.weight"], weights["norm.bias"])
+        self.blocks = [tuple(weights[f"model.layers.{i}.{name}"] for name in names) for i in range(config["n_layers"])]
+        self.final_norm = (weights["model.norm.weight"], weights["model.norm.bias"])
         self.theta = 1.0 / config["rope_base"] ** (np.arange(0, self.head_dim, 2) / self.head_dim)  # fp64
         cache = (config["n_layers"], self.n_heads, self.context, self.head_dim)
         self.keys, self.values = np.zeros(cache, np.float32), np.zeros(cache, np.float32)
@@ -104,18 +109,20 @@ class Decoder:
         h, hd = self.n_heads, self.head_dim
         cos, sin = self._rotations(positions)
         x = self.embedding[ids]  # (T, D)
-        for layer, (g1, b1, qkv_w, out_w, g2, b2, up_w, up_b, down_w, down_b) in enumerate(self.blocks):
-            qkv = (layer_norm(x, g1, b1, self.eps) @ qkv_w.T).reshape(count, 3, h, hd)
-            q, k = self._rotate(qkv[:, 0], cos, sin), self._rotate(qkv[:, 1], cos, sin)  # (T, H, hd)
+        for layer, (g1, b1, q_w, q_b, k_w, k_b, v_w, v_b, out_w, out_b, g2, b2, up_w, up_b, down_w, down_b) \
+                in enumerate(self.blocks):
+            normed = layer_norm(x, g1, b1, self.eps)
+            q, k, v = ((normed @ w.T + b).reshape(count, h, hd) for w, b in ((q_w, q_b), (k_w, k_b), (v_w, v_b)))
+            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)  # (T, H, hd)
             self.keys[layer][:, slots] = k.transpose(1, 0, 2)
-            self.values[layer][:, slots] = qkv[:, 2].transpose(1, 0, 2)
+            self.values[layer][:, slots] = v.transpose(1, 0, 2)
             keys, values = self.keys[layer][:, :seen], self.values[layer][:, :seen]  # (H, S, hd)
             scores = q.transpose(1, 0, 2) @ keys.transpose(0, 2, 1) * np.float32(hd ** -0.5)  # (H, T, S)
             if mask is not None:
                 scores += mask
             scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
             attended = (scores / scores.sum(axis=-1, keepdims=True)) @ values  # (H, T, hd)
-            x = x + attended.transpose(1, 0, 2).reshape(count, h * hd) @ out_w.T
+            x = x + attended.transpose(1, 0, 2).reshape(count, h * hd) @ out_w.T + out_b
             x = x + gelu(layer_norm(x, g2, b2, self.eps) @ up_w.T + up_b) @ down_w.T + down_b
         self.position = start + count
         return self.embedding @ layer_norm(x[-1], *self.final_norm, self.eps)

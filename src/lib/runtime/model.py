@@ -3,7 +3,7 @@
 Nothing is allocated for a size config.json gives before the weights file's header shows the tensors of that
 size (the context length, which no tensor holds, is capped instead); the weights must be finite, the tokenizer
 the one provenance.json records the weights were trained with, the special tokens within the vocabulary and
-generation.json's defaults within the bounds every sampling value has (``SAMPLING_BOUNDS``).
+generation_config.json's defaults within the bounds every sampling value has (``SAMPLING_BOUNDS``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from src.lib.runtime.bundle import (CONFIG, GENERATION, METRICS, PROVENANCE, TOK
                                     BundleFiles, read_bundle, sha256_hex)
 from src.lib.runtime.budgets import BUDGETS
 from src.lib.runtime.decoder import Decoder, tensor_shapes
+from src.lib.runtime.hf_format import hf_config
 from src.lib.runtime.sampling import Sampling
 from src.lib.runtime.sampling_bounds import out_of_bounds
 
@@ -29,6 +30,7 @@ MAX_CONTEXT = 8192
 _SHAPE_KEYS = ("vocab_size", "n_layers", "n_heads", "d_model", "d_ff", "context_length")
 _SPECIAL_TOKENS = ("pad", "unk", "bos", "eos")
 _GENERATION_KEYS = ("temperature", "top_k", "top_p")
+_GENERATION_TOKEN_IDS = {"bos": "bos_token_id", "eos": "eos_token_id", "pad": "pad_token_id"}
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class BundleModel:
     config: dict[str, Any]
     weights: dict[str, np.ndarray]
     tokenizer: spm.SentencePieceProcessor
-    sampling: Sampling  # the bundle's defaults (generation.json)
+    sampling: Sampling  # the bundle's defaults (generation_config.json)
     metrics: dict[str, Any]
 
     def decoder(self) -> Decoder:
@@ -73,6 +75,18 @@ def _check_config(config: Any, path: Path) -> dict[str, Any]:
     return config
 
 
+def _check_hf_fields(config: dict[str, Any], path: Path) -> None:
+    """``transformers`` reads config.json's Hugging Face fields, this runtime its own: both must be one model."""
+    try:
+        expected = hf_config(config)
+    except (KeyError, TypeError):
+        raise BundleError(f"{path}: 'special_tokens' must map pad, unk, bos and eos to ids") from None
+    wrong = next((key for key, value in expected.items() if config.get(key) != value), None)
+    if wrong is not None:
+        raise BundleError(f"{path}: '{wrong}' is {config.get(wrong)!r}; the runtime's fields make it "
+                          f"{expected[wrong]!r}")
+
+
 def _check_tensors(config: dict[str, Any], declared: dict[str, dict[str, Any]], where: Path) -> None:
     """The weights file must declare exactly the tensors ``config`` describes. Their number is compared first:
     listing the tensors of a config's layers costs memory in proportion to the layers it claims."""
@@ -88,14 +102,22 @@ def _check_tensors(config: dict[str, Any], declared: dict[str, dict[str, Any]], 
                               f"tensor of shape {list(shape)}")
 
 
-def check_generation(generation: Any, path: Path) -> Sampling:
-    """generation.json's defaults, held to the bounds every sampling value has."""
-    if not isinstance(generation, dict) or sorted(generation) != sorted(_GENERATION_KEYS):
-        raise BundleError(f"{path}: expected exactly the numbers {', '.join(_GENERATION_KEYS)}")
+def check_generation(generation: Any, config: dict[str, Any], path: Path) -> Sampling:
+    """generation_config.json's defaults, held to the bounds every sampling value has; the special token ids it
+    gives `transformers` must be config.json's (the runtime's), and do_sample must say whether it samples."""
+    if not isinstance(generation, dict) or not all(name in generation for name in _GENERATION_KEYS):
+        raise BundleError(f"{path}: expected the numbers {', '.join(_GENERATION_KEYS)}")
     for name in _GENERATION_KEYS:
         bounds = out_of_bounds(name, generation[name])
         if bounds:
             raise BundleError(f"{path}: {name} must be {bounds}, got {generation[name]!r}")
+    for special, key in _GENERATION_TOKEN_IDS.items():
+        if key in generation and generation[key] != config["special_tokens"][special]:
+            raise BundleError(f"{path}: '{key}' is {generation[key]!r}, config.json's {special} token is "
+                              f"{config['special_tokens'][special]}")
+    if "do_sample" in generation and generation["do_sample"] is not (generation["temperature"] > 0):
+        raise BundleError(f"{path}: 'do_sample' is {generation['do_sample']!r} with temperature "
+                          f"{generation['temperature']!r} (0 is greedy)")
     return Sampling(float(generation["temperature"]), int(generation["top_k"]), float(generation["top_p"]))
 
 
@@ -129,8 +151,9 @@ def load_bundle(directory: Path | str) -> BundleModel:
     where = contents.directory
     config = _check_config(contents.json(CONFIG), where / CONFIG)
     _check_tensors(config, contents.tensors, where)
+    _check_hf_fields(config, where / CONFIG)
     _check_tokenizer_pairing(contents, where)
-    sampling = check_generation(contents.json(GENERATION), where / GENERATION)
+    sampling = check_generation(contents.json(GENERATION), config, where / GENERATION)
     weights = load_safetensors(contents.files[WEIGHTS])
     for name, tensor in weights.items():
         if not np.isfinite(tensor).all():

@@ -1,5 +1,5 @@
 """The one rule for each sampling value, whatever gives it: a call's options (the API, the CLI), a bundle's
-generation.json, params.yaml's generation and validate sections.
+generation_config.json, params.yaml's generation and validate sections.
 
 A module of its own, with nothing else in it: the params' validation reads it, so every stage depends on it,
 and a change to how tokens are sampled must not make those stages run again.
