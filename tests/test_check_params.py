@@ -1,5 +1,7 @@
 """The check_params stage and the checks ./scripts/train_pipeline.sh runs before it starts DVC."""
 
+import subprocess
+
 import pytest
 import yaml
 
@@ -57,3 +59,11 @@ def test_a_source_url_that_cannot_be_parsed_is_named_in_one_line(tmp_path, url):
     done = run_module("src.pipeline.check_params", tmp_path)
     assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert f"'corpus.sources[0].url' = '{url}' is not a valid URL (" in done.stderr
+
+
+def test_make_repro_checks_the_params_before_dvc_parses_them():
+    """Every DVC command expands params.yaml's YAML aliases before any stage runs, without limit
+    (docs/TROUBLESHOOTING.md): `make repro` has check_params refuse them first."""
+    planned = subprocess.run(["make", "-n", "repro"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    assert planned.index("python -m src.pipeline.check_params") < planned.index("dvc repro")

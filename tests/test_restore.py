@@ -76,3 +76,22 @@ def test_restore_says_it_cannot_when_the_recorded_copy_is_nowhere(tiny_repo):
     assert done.returncode == 1 and "put back" not in done.stdout
     assert "metrics/corpus.json: the copy dvc.lock records is neither in DVC's cache nor in git HEAD" in done.stderr
     assert (tiny_repo.path / "metrics/corpus.json").read_text() == '{"corpus": "a failed run\'s"}\n'
+
+
+@pytest.mark.slow
+def test_restore_puts_back_every_output_of_the_train_stage_as_dvc_lock_records_it(tiny_repo):
+    """The train stage's metrics and plots (eval_history.json among them) are cache: false, its models cached: a
+    failed run's leftovers are replaced by the recorded copies, never by git's (nothing is committed here)."""
+    tiny_repo.dvc("repro", "train")
+    lock = yaml.safe_load((tiny_repo.path / "dvc.lock").read_text())["stages"]["train"]["outs"]
+    recorded = {out["path"]: out["md5"] for out in lock}
+    assert "metrics/eval_history.json" in recorded and "metrics/train_history.json" in recorded
+    (tiny_repo.path / "data/best_model.pt").unlink()  # DVC removed it before the failed run
+    for path in recorded:
+        if path.startswith("metrics/"):
+            (tiny_repo.path / path).write_text("[]\n")  # what the failed run wrote
+
+    done = tiny_repo.run("python", "-m", "src.pipeline.restore", "train")
+    assert "as dvc.lock records them (md5 checked)" in done.stdout, done.stderr
+    assert {path: md5(tiny_repo, path) for path in recorded} == recorded
+    assert (tiny_repo.path / "failed/metrics/eval_history.json").read_text() == "[]\n"

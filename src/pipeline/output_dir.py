@@ -2,8 +2,8 @@
 
     python -m src.pipeline.output_dir DIR     # exit 0: DIR may take the pipeline's artifacts; 1: why not, one line
 
-The pipeline's outputs live in data/, metrics/ and dist/tinytransformer/ (src/paths.py), beside DVC's and git's
-own directories, under the project root. A directory a command is told to write (train_pipeline.sh's
+The pipeline's outputs live in data/, metrics/ and dist/tinytransformer/ (src/paths.py), beside its local
+books (books/) and DVC's and git's own directories, under the project root. A directory a command is told to write (train_pipeline.sh's
 --output-dir, create_bundle's --out) must not be any of them, lie inside one, or hold one (the root, or a
 parent of it, holds them all): copying into them would change outputs DVC tracks, and replacing one would
 delete them. Paths are compared once resolved (symbolic links followed, ``..`` taken), so no other spelling of
@@ -32,9 +32,10 @@ from src.lib.runtime.bundle import BundleError, replaceable
 from src.lib.runtime.cli import ArgumentParser
 
 CODE_ROOT = Path(__file__).resolve().parents[2]  # the checkout this code runs from
-# What lies under the project root and no command's output may touch: the pipeline's outputs (src/paths.py)
-# and DVC's and git's own directories (a cache, a repository).
-PROTECTED = (paths.DATA, paths.METRICS, paths.BUNDLE_DIR, Path(".dvc"), Path(".git"))
+# What lies under the project root and no command's output may touch: the pipeline's outputs (src/paths.py), its
+# local books (a dependency DVC hashes: a file copied in would change the corpus) and DVC's and git's own
+# directories (a cache, a repository).
+PROTECTED = (paths.DATA, paths.METRICS, paths.BUNDLE_DIR, paths.BOOKS_DIR, Path(".dvc"), Path(".git"))
 
 
 def project_roots() -> list[Path]:
