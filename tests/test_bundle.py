@@ -90,7 +90,7 @@ def test_create_bundle_never_writes_over_or_into_what_it_did_not_make(tiny_copy,
     (tiny_copy / "notes.md").write_text("the user's too")
     before = tree(tiny_copy)
     done = run_module("src.lib.runtime", tiny_copy, "create_bundle", "--model", "data/best_model.pt",
-                      "--tokenizer", "data/tokenizer.model", "--out", out)
+                      "--tokenizer", "data/bilingual_1k.model", "--out", out)
     assert done.returncode == 1 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert tree(tiny_copy) == before
@@ -99,6 +99,6 @@ def test_create_bundle_never_writes_over_or_into_what_it_did_not_make(tiny_copy,
 def test_create_bundle_without_out_replaces_the_pipelines_own_bundle(tiny_copy):
     """The quickstart's deploy command: the default, dist/tinytransformer, is an earlier bundle, replaced whole."""
     done = run_module("src.lib.runtime", tiny_copy, "create_bundle", "--model", "data/best_model.pt",
-                      "--tokenizer", "data/tokenizer.model")
+                      "--tokenizer", "data/bilingual_1k.model")
     assert done.returncode == 0 and "bundle written to dist/tinytransformer and verified" in done.stdout, done.stderr
     assert run_module("src.lib.runtime", tiny_copy, "verify", "dist/tinytransformer").returncode == 0
