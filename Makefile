@@ -27,7 +27,10 @@ $(VENV)/.installed: requirements.txt requirements-test.txt pyproject.toml
 $(PLOTS_TEMPLATE): scripts/build_plots_template.py $(VENV)/.installed
 	$(BIN)/python scripts/build_plots_template.py build --out $@
 
+# check_params first: DVC parses params.yaml before any stage runs (dvc.yaml's templating loads it), expanding
+# YAML aliases without limit; check_params refuses them before they expand (docs/TROUBLESHOOTING.md).
 repro: setup
+	python -m src.pipeline.check_params
 	dvc repro
 
 test: setup

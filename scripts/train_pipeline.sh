@@ -28,8 +28,8 @@ Options:
                           it ran with (without it, existing checkpoints are set aside and training starts over)
   --skip-corpus           keep the existing corpus; start from the tokenize stage
   --skip-tokenizer        keep the existing corpus and tokenizer; start from the train stage
-  --output-dir <PATH>     copy the models, tokenizer, metrics and the bundle here at the end (default: they
-                          stay in ./data and ./dist)
+  --output-dir <PATH>     copy the models, tokenizer, metrics and the bundle here at the end, outside the
+                          project's data/, metrics/, dist/tinytransformer/ and books/ (default: they stay there)
   -v, --verbose           show everything DVC and the stages print (it always goes to logs/train_pipeline.log)
   -h, --help              show this help
 
@@ -110,6 +110,8 @@ for kv in "${overrides[@]}"; do check+=(--set "$kv"); done
 [ -n "$mirror" ] && export TT_CORPUS_MIRROR="$mirror"
 if [ -n "$output_dir" ]; then
   [[ "$output_dir" = /* ]] || output_dir="$caller_dir/$output_dir"
+  # Never the project's own outputs, the root or what holds them, nor a bundle's place that is no bundle.
+  python -m src.pipeline.output_dir "$output_dir" || exit "$EXIT_PREREQUISITES"
   { mkdir -p -- "$output_dir" 2>/dev/null && [ -d "$output_dir" ] && [ -w "$output_dir" ]; } \
     || fail "$EXIT_PREREQUISITES" "--output-dir $output_dir is not a directory this user can write to"
 fi

@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 
 from src import paths
 from src.data.languages import is_language_code
+from src.lib.runtime.sampling_bounds import SAMPLING_BOUNDS, out_of_bounds
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -71,6 +72,18 @@ def _flag_or_auto_rule(key: str, value: Any) -> bool | str:
     return value
 
 
+def _sampling_rule(name: str) -> Rule:
+    """The sampling value ``name`` by the rule every source of one follows (src/lib/runtime/sampling.py)."""
+    kind = int if SAMPLING_BOUNDS[name].integer else float
+
+    def rule(key: str, value: Any) -> Any:
+        bounds = out_of_bounds(name, value)
+        if bounds:
+            raise ConfigError(f"'{key}' = {value!r} is not valid: must be {bounds}")
+        return kind(value)
+    return rule
+
+
 def _text_rule(key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"'{key}' = {value!r} is not valid: must be a non-empty string")
@@ -97,6 +110,11 @@ def flag(key: str) -> Any:
 
 def flag_or_auto(key: str) -> Any:
     return param(key, _flag_or_auto_rule)
+
+
+def sampling(key: str, name: str) -> Any:
+    """A sampling value (``name``: temperature, top_k, ...) read from ``key``."""
+    return param(key, _sampling_rule(name))
 
 
 def nonempty_text(key: str) -> Any:
@@ -158,19 +176,29 @@ class BookSource:
 
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MAX_FILE_NAME = 200  # a file system's limit is 255 bytes; an interrupted write's ".<name>.<pid>.part" needs the rest
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-def _url_rule(key: str, url: str) -> None:
-    """An http(s) URL whose path ends in a file name, or a local path naming a file (not '/', '.' or '..')."""
+def check_url(key: str, url: str) -> None:
+    """An http(s) URL whose path ends in a file name, or a local path naming a file (not '/', '.' or '..'); the
+    name at most MAX_FILE_NAME characters, so that data/raw/ can hold it and its temporary file."""
     if url.startswith(HTTP_SCHEMES):
-        parsed = urlparse(url)
-        ok = bool(parsed.netloc) and parsed.path.rsplit("/", 1)[-1] not in ("", ".", "..")
+        try:
+            parsed = urlparse(url)
+        except ValueError as exc:  # a bracketed host that is not one: "Invalid IPv6 URL"
+            raise ConfigError(f"'{key}' = {url!r} is not a valid URL ({exc})") from None
+        name = parsed.path.rsplit("/", 1)[-1]
+        ok = bool(parsed.netloc) and name not in ("", ".", "..")
     else:
-        ok = not _SCHEME.match(url) and not url.endswith("/") and PurePosixPath(url).name not in ("", ".", "..")
+        name = PurePosixPath(url).name
+        ok = not _SCHEME.match(url) and not url.endswith("/") and name not in ("", ".", "..")
     if not ok:
         raise ConfigError(f"'{key}' = {url!r} must be an http(s) URL of a file or a local file's path")
+    if len(name) > MAX_FILE_NAME:
+        raise ConfigError(f"'{key}': its file name is {len(name)} characters long, more than the {MAX_FILE_NAME} "
+                          f"a book's may have")
 
 
 def _source_rule(where: str, item: Any) -> BookSource:
@@ -185,7 +213,7 @@ def _source_rule(where: str, item: Any) -> BookSource:
             raise ConfigError(f"'{where}.{required}' must be a non-empty string")
     if not _NAME.match(item["name"]):
         raise ConfigError(f"'{where}.name' = {item['name']!r} may only use letters, digits, '_', '.', '-'")
-    _url_rule(f"{where}.url", item["url"])
+    check_url(f"{where}.url", item["url"])
     if item.get("language") is not None and not is_language_code(item["language"]):
         raise ConfigError(f"'{where}.language' = {item['language']!r} is not an ISO 639-1 code (two letters: "
                           f"en, fr, de, zh, ...)")
@@ -384,9 +412,9 @@ class TrainConfig:
 @dataclass(frozen=True)
 class GenerationConfig:
     """The sampling a bundle ships as its default (generation_config.json); a generate call's options override it."""
-    temperature: float = number("generation.temperature", float, 0, 10)  # 0 = greedy
-    top_k: int = number("generation.top_k", int, 0, 65536)  # 0 = no cut
-    top_p: float = number("generation.top_p", float, 0, 1, lo_open=True)  # 1 = no cut
+    temperature: float = sampling("generation.temperature", "temperature")  # 0 = greedy
+    top_k: int = sampling("generation.top_k", "top_k")  # 0 = no cut
+    top_p: float = sampling("generation.top_p", "top_p")  # 1 = no cut
 
 
 @dataclass(frozen=True)
@@ -404,8 +432,8 @@ class ValidateConfig:
     # verdict is on their mean, so it does not turn on one sample's luck.
     samples_per_language: int = number("validate.samples_per_language", int, 1, 100)
     sample_tokens: int = number("validate.sample_tokens", int, 1, 4096)
-    temperature: float = number("validate.temperature", float, 0, 10)
-    top_k: int = number("validate.top_k", int, 0, 65536)
+    temperature: float = sampling("validate.temperature", "temperature")
+    top_k: int = sampling("validate.top_k", "top_k")
     warmup_tokens: int = number("validate.warmup_tokens", int, 0, 1024)
     # Limits on a language's mean over its samples:
     max_repetition: float = number("validate.max_repetition", float, 0, 1)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from src.inference.api import MAX_TOKENS, GenerationError, Generator
+from src.lib.runtime.sampling import Sampling
 from tests.conftest import run_module
 
 SPANISH = "En un lugar de la Mancha"
@@ -108,10 +110,37 @@ def test_a_bad_prompt_is_refused(bundle, prompt, message):
 
 
 def test_a_missing_model_is_refused_saying_what_to_run(tmp_path):
-    with pytest.raises(GenerationError, match="is not a directory: build a bundle"):
+    with pytest.raises(GenerationError, match="nothing not found: build a bundle"):
         Generator.load(tmp_path / "nothing")
     with pytest.raises(GenerationError, match=r"run `dvc repro train` \(or `dvc pull`\) first"):
         Generator.load(tmp_path / "nothing.pt")
+
+
+def test_a_file_that_is_no_model_is_named_as_such_not_blamed_on_the_tokenizer(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/tokenizer.model here either
+    Path("book.txt").write_text("Chapter 1\n\nIt was a dark and stormy night.\n")
+    with pytest.raises(GenerationError, match="book.txt cannot be read: it is not a file torch.save wrote"):
+        Generator.load("book.txt")
+    with pytest.raises(GenerationError, match=r"is not usable \(File name too long\)"):
+        Generator.load("a" * 5000 + ".pt")
+    with pytest.raises(GenerationError, match=r"cannot be read as a bundle \(File name too long\)"):
+        Generator.load("a" * 5000)
+
+
+def test_params_given_must_be_there_and_valid_params_yaml_is_taken_where_it_exists(tiny_pipeline, tmp_path,
+                                                                                   monkeypatch):
+    model, tokenizer = tiny_pipeline / "data/best_model.pt", tiny_pipeline / "data/bilingual_1k.model"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("generation: {temperature: .nan}\n")
+    for params, message in ((tmp_path / "missing.yaml", "missing.yaml: not found"),
+                            (broken, "broken.yaml: missing key")):
+        with pytest.raises(GenerationError, match=message):
+            Generator.from_checkpoint(model, tokenizer, params=params)
+    monkeypatch.chdir(tmp_path)  # no params.yaml: PyTorch's own defaults, no budgets
+    implicit = Generator.from_checkpoint(model, tokenizer)
+    assert implicit.model.defaults == Sampling() and implicit.model.budgets is None
+    monkeypatch.chdir(tiny_pipeline)
+    assert Generator.from_checkpoint(model, tokenizer).model.budgets["rss_mb"] == 64
 
 
 def test_a_numpy_integer_is_a_valid_option(bundle):

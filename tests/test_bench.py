@@ -116,3 +116,19 @@ def test_performance_page_renders_the_benchmarks_json_with_date_and_machine(tiny
     assert "## Time to a loss" not in text  # only what was measured
     refused = run_module("bench.performance_page", tiny_pipeline, "--only", "nope", "--load", str(saved))
     assert refused.returncode == 2 and "unknown benchmark nope" in refused.stderr
+
+
+def test_performance_page_replaces_only_a_page_it_wrote(tmp_path):
+    saved, notes = tmp_path / "results.jsonl", tmp_path / "notes.md"
+    saved.write_text(json.dumps({"page": {"machine": "Test CPU", "threads": 2, "date": "2026-12-05"}}) + "\n")
+    notes.write_text("# My notes\n")
+    refused = run_module("bench.performance_page", tmp_path, "--load", str(saved), "--out", str(notes))
+    assert refused.returncode == 2 and "notes.md is not a page this command wrote" in refused.stderr
+    assert notes.read_text() == "# My notes\n"
+    page = tmp_path / "PERFORMANCE.md"
+    for _ in range(2):  # written, then replaced
+        done = run_module("bench.performance_page", tmp_path, "--load", str(saved), "--out", str(page))
+        assert done.returncode == 0, done.stderr
+    (tmp_path / "data").mkdir()
+    refused = run_module("bench.performance_page", tmp_path, "--load", str(saved), "--out", "data/PERFORMANCE.md")
+    assert refused.returncode == 2 and "lies in the project's own data/" in refused.stderr

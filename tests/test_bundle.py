@@ -2,7 +2,9 @@
 
 import hashlib
 import json
+from pathlib import Path
 
+import pytest
 import torch
 
 from src.lib.runtime import bundle
@@ -62,3 +64,41 @@ def test_create_bundle_from_the_quickstart_and_refuse_a_tokenizer_of_another_run
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert "is not the tokenizer data/best_model.pt was trained with" in done.stderr
     assert not (tmp_path / "refused").exists()
+
+
+def tree(directory: Path) -> dict[str, tuple[int, int, int]]:
+    """Every path under ``directory``, with its inode, size and modification time: what a write would change."""
+    return {str(p.relative_to(directory)): (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(directory.rglob("*"))}
+
+
+@pytest.mark.parametrize("out, message", [
+    (".", ". is the project's root or holds it"),
+    ("..", ".. is the project's root or holds it"),
+    ("data", "data is the project's own data/"),
+    ("data/bundle", "data/bundle lies in the project's own data/"),
+    ("metrics", "metrics is the project's own metrics/"),
+    ("dist", "dist holds the project's own dist/tinytransformer/"),
+    ("dist/tinytransformer/inner", "lies in the project's own dist/tinytransformer/"),
+    ("mine", "mine holds files that are not a bundle's (notes.txt)"),
+    ("notes.md", "notes.md is a file, not a bundle"),
+    ("o" * 5000, "cannot be used"),
+])
+def test_create_bundle_never_writes_over_or_into_what_it_did_not_make(tiny_copy, out, message):
+    (tiny_copy / "mine").mkdir()
+    (tiny_copy / "mine/notes.txt").write_text("the user's")
+    (tiny_copy / "notes.md").write_text("the user's too")
+    before = tree(tiny_copy)
+    done = run_module("src.lib.runtime", tiny_copy, "create_bundle", "--model", "data/best_model.pt",
+                      "--tokenizer", "data/bilingual_1k.model", "--out", out)
+    assert done.returncode == 1 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert tree(tiny_copy) == before
+
+
+def test_create_bundle_without_out_replaces_the_pipelines_own_bundle(tiny_copy):
+    """The quickstart's deploy command: the default, dist/tinytransformer, is an earlier bundle, replaced whole."""
+    done = run_module("src.lib.runtime", tiny_copy, "create_bundle", "--model", "data/best_model.pt",
+                      "--tokenizer", "data/bilingual_1k.model")
+    assert done.returncode == 0 and "bundle written to dist/tinytransformer and verified" in done.stdout, done.stderr
+    assert run_module("src.lib.runtime", tiny_copy, "verify", "dist/tinytransformer").returncode == 0

@@ -1,6 +1,9 @@
 """The check_params stage and the checks ./scripts/train_pipeline.sh runs before it starts DVC."""
 
+import subprocess
+
 import pytest
+import yaml
 
 from src import paths
 from src.config import ConfigError
@@ -46,3 +49,21 @@ def test_overrides_and_a_mirror_are_checked_without_writing_anything(tmp_path, a
     done = run_module("src.pipeline.check_params", tmp_path, *args)
     assert done.returncode == code and message in done.stderr, done.stderr
     assert (tmp_path / "params.yaml").read_bytes() == before and not (tmp_path / paths.PARAMS_CHECKED).exists()
+
+
+@pytest.mark.parametrize("url", ["http://[::1/pg11.txt", "https://[v1.x/pg11.txt", "http://[zz]/pg11.txt"])
+def test_a_source_url_that_cannot_be_parsed_is_named_in_one_line(tmp_path, url):
+    params = project_params()
+    params["corpus"]["sources"][0]["url"] = url
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    done = run_module("src.pipeline.check_params", tmp_path)
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"'corpus.sources[0].url' = '{url}' is not a valid URL (" in done.stderr
+
+
+def test_make_repro_checks_the_params_before_dvc_parses_them():
+    """Every DVC command expands params.yaml's YAML aliases before any stage runs, without limit
+    (docs/TROUBLESHOOTING.md): `make repro` has check_params refuse them first."""
+    planned = subprocess.run(["make", "-n", "repro"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    assert planned.index("python -m src.pipeline.check_params") < planned.index("dvc repro")

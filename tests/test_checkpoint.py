@@ -2,6 +2,7 @@
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,37 @@ def test_two_runs_of_one_recipe_export_byte_identical_models(synthetic_tokens, t
         export_model(result.best_checkpoint, tmp_path / f"{name}.pt")
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
     assert "timings" not in load_checkpoint(tmp_path / "a.pt")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_model_with_non_finite_weights_is_neither_loaded_nor_exported(checkpoint, tmp_path, value):
+    """A checkpoint of a diverged run, its hash valid: the model would generate empty text without an error."""
+    state = load_checkpoint(checkpoint)
+    state["model"]["blocks.0.mlp.up.weight"][1, 2] = value
+    poisoned = tmp_path / "poisoned.pt"
+    save_checkpoint(poisoned, state)  # a training checkpoint may hold it: resuming stops at its first loss
+    with pytest.raises(CheckpointError, match=r"poisoned.pt holds non-finite weights \(blocks.0.mlp.up.weight\)"):
+        load_model(poisoned)
+    with pytest.raises(CheckpointError, match="holds non-finite weights"):
+        export_model(poisoned, tmp_path / "best_model.pt")
+    assert not (tmp_path / "best_model.pt").exists()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.mkdir(), "is a directory, not a file"),
+    (lambda p: p.write_text("Chapter 1\nIt was a dark night.\n"), "cannot be read: it is not a file torch.save wrote"),
+    (lambda p: p.write_bytes(b""), "cannot be read: it is not a file torch.save wrote"),
+    (lambda p: os.mkfifo(p), "is not a regular file"),
+])
+def test_what_is_not_a_checkpoint_is_named_for_what_it_is(tmp_path, make, message):
+    path = tmp_path / "model.pt"
+    make(path)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def test_a_path_too_long_for_the_file_system_is_a_checkpoint_error(tmp_path):
+    with pytest.raises(CheckpointError, match=r"is not usable \(File name too long\)"):
+        load_checkpoint(tmp_path / ("a" * 5000 + ".pt"))
+    with pytest.raises(CheckpointError, match="is not a regular file"):
+        load_checkpoint(Path("/dev/null"))

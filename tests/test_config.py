@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 
 from src import paths
 from src.config import (BookSource, ConfigError, CorpusConfig, ModelConfig, SplitConfig, TokenizerConfig,
-                        TrainConfig, check_field, config_from_dict, load_config, names_called_for, params_keys)
+                        TrainConfig, check_field, check_url, config_from_dict, load_config, names_called_for,
+                        params_keys)
 from tests.conftest import REPO_ROOT, project_params
 
 
@@ -78,6 +79,9 @@ def source(**changes):
     (source(url="https://example.org/books/"), "must be an http(s) URL of a file"),
     (source(url="https://example.org/books/.."), "must be an http(s) URL of a file"),
     (source(url="https:///book.txt"), "must be an http(s) URL of a file"),
+    (source(url="https://example.org/" + "b" * 300 + ".txt"), "its file name is 304 characters long"),
+    (source(url="http://[::1/pg11.txt"), "'corpus.sources[0].url' = 'http://[::1/pg11.txt' is not a valid URL "
+                                         "(Invalid IPv6 URL)"),
     (source(name="a b"), "'corpus.sources[0].name' = 'a b' may only use"),
     (source(edition=2), "'corpus.sources[0]' has unknown keys: edition"),
     (source(name=""), "'corpus.sources[0].name' must be a non-empty string"),
@@ -257,3 +261,13 @@ def test_any_value_under_any_key_loads_or_is_named_in_one_line(key, value):
         assert key.split(".")[0] in message or "sources" in message or "must split" in message, message
     else:  # it loaded: then the value was one the key allows
         assert not (isinstance(value, float) and not math.isfinite(value))
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(rest=st.text(alphabet=st.sampled_from(list("[]:/.%@?#a1 \\")), max_size=20))
+def test_any_url_is_taken_or_named_in_one_line(rest):
+    for url in (f"http://{rest}", f"https://{rest}/book.txt"):
+        try:
+            check_url("corpus.sources[0].url", url)
+        except ConfigError as exc:
+            assert str(exc).startswith("'corpus.sources[0].url' = ") and "\n" not in str(exc)

@@ -1,6 +1,8 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from src.data.corpus import assemble, part_text, read_index, split_books, write_index
+from src.data.corpus import SEAM_SEARCH_BYTES, assemble, part_text, read_index, split_books, write_index
 from src.pipeline.download import corpus_metrics
 
 BOOKS = [("one", "en", "First line.\nSecond line.\nThird line ends.\n\nLast paragraph here."),
@@ -34,10 +36,41 @@ def test_split_holds_out_the_end_of_each_book_at_a_line_break():
     assert part_text(corpus, splits[1].validation) == "Última línea aquí."
 
 
-def test_split_refuses_a_book_too_short_to_hold_out():
-    corpus, spans = assemble([("tiny", "en", "one line only")])
-    with pytest.raises(ValueError, match="too short"):
+def test_split_refuses_only_a_book_too_short_to_hold_out_anything():
+    corpus, spans = assemble([("tiny", "en", "x")])
+    with pytest.raises(ValueError, match="book tiny is 1 bytes long: too short to hold out 10% of it"):
         split_books(corpus, spans, 0.1)
+
+
+def test_a_book_on_one_line_is_cut_at_a_space_near_the_fraction():
+    """Two megabytes without a line break: not 'too short', and no more held out than asked."""
+    text = " ".join(f"word{i}" for i in range(300_000))
+    corpus, spans = assemble([("one_line", "en", text)])
+    split, = split_books(corpus, spans, 0.1)
+    held_out = part_text(corpus, split.validation)
+    assert corpus[split.validation[0] - 1:split.validation[0]] == b" "
+    assert abs(len(held_out) - 0.1 * len(text)) < 20
+    assert part_text(corpus, split.train) + held_out == text
+
+
+def test_a_text_without_spaces_is_cut_between_two_characters():
+    text = "日本語のテキスト" * 50_000  # three bytes a character, no line break, no space
+    corpus, spans = assemble([("ja", "ja", text)])
+    split, = split_books(corpus, spans, 0.1)
+    train, held_out = part_text(corpus, split.train), part_text(corpus, split.validation)  # valid UTF-8
+    assert train + held_out == text and abs(len(held_out) - 0.1 * len(text)) <= 1
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(text=st.text(alphabet=st.sampled_from(list("ab \nñ日🙂")), min_size=2, max_size=300),
+       fraction=st.floats(0.01, 0.5))
+def test_every_book_of_two_characters_or_more_splits_into_two_valid_parts_near_the_fraction(text, fraction):
+    corpus, spans = assemble([("book", "en", text)])
+    split, = split_books(corpus, spans, fraction)
+    train, held_out = part_text(corpus, split.train), part_text(corpus, split.validation)
+    assert train and held_out and train + held_out == text
+    target = int(len(text.encode()) * (1 - fraction))
+    assert abs(split.validation[0] - target) <= SEAM_SEARCH_BYTES + 4
 
 
 def test_corpus_metrics_shares():

@@ -119,6 +119,10 @@ def test_corpus_url_prints_the_pinned_sources_of_http_and_local_books(workdir, b
     (["--corpus-url", "books/notes_fr.txt", "--corpus-language", "french"], 1, "'french' is not an ISO 639-1 code"),
     (["--corpus-language", "fr"], 1, "--corpus-language must follow the --corpus-url"),
     (["--corpus-url", "books/missing.txt"], 2, "does not exist"),
+    (["--corpus-url", "http://[::1/pg11.txt"], 1, "'--corpus-url' = 'http://[::1/pg11.txt' is not a valid URL"),
+    (["--corpus-url", "http://127.0.0.1:port/pg11.txt"], 2, "is not a valid URL (nonnumeric port: 'port')"),
+    (["--corpus-url", "b" * 5000], 1, "its file name is 5000 characters long, more than the 200"),
+    (["--corpus-url", "b/" * 2500 + "book.txt"], 2, "cannot be read (File name too long)"),
 ])
 def test_corpus_url_refusals(workdir, args, code, message):
     done = run_module("src.pipeline.corpus_sources", workdir, *args, "--from-dir", str(workdir))

@@ -1,11 +1,14 @@
 """Text as it is generated: byte-fallback pieces held until they complete a character, stop sequences cut exactly."""
 
+import contextlib
+import signal
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from src.data.tokenizer import load_tokenizer
-from src.lib.runtime.detokenize import Detokenizer, TextStream, byte_values
+from src.lib.runtime.detokenize import Detokenizer, StopMatcher, TextStream, byte_values, prefix_function
 
 MIXED = "En un lugar de la Mancha,\n\n  It was 日本 ok — ñ ‽ «fin» 🙂"
 
@@ -123,3 +126,47 @@ def test_streamed_pieces_join_to_the_text_cut_before_the_earliest_completed_stop
     expected = text[:min(found)[1]] if found else text  # the first to end, the longest of those
     assert "".join(pieces) == stream.text == expected
     assert all(pieces) and stream.stopped == bool(found)
+
+
+@contextlib.contextmanager
+def at_most(seconds: int):
+    """Fail the block (TimeoutError) if it runs longer than ``seconds``: work that must not grow with the square of
+    its input, on an input where the square is hours."""
+    def expired(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_stop_sequence_of_a_million_characters_costs_time_in_proportion_to_its_length(tokenizer):
+    """The text nearly completes each stop over and over: matching by prefixes would take hours."""
+    text = ("a" * 50 + " ") * 200
+    stops = ["x" * 10**6, "a" * 10**6, ("a" * 49 + " ") * 20_000]
+    with at_most(60):
+        pieces, stream = stream_of(tokenizer, text, stops)
+    assert "".join(pieces) == stream.text == text and not stream.stopped
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(text=st.text(alphabet="ab", max_size=60), stops=st.lists(st.text(alphabet="ab", min_size=1, max_size=6),
+                                                              min_size=1, max_size=3))
+def test_the_stop_matcher_follows_every_stop_as_naive_matching_does(text, stops):
+    matcher = StopMatcher(stops)
+    for end in range(1, len(text) + 1):
+        read = text[:end]
+        completed = matcher.feed(text[end - 1])
+        ending = [stop for stop in stops if read.endswith(stop)]
+        assert completed == max(ending, key=len, default=None)
+        assert matcher.matched == [max(n for n in range(len(stop) + 1) if read.endswith(stop[:n])) for stop in stops]
+
+
+@given(st.text(alphabet="abc", max_size=40))
+def test_the_prefix_function_is_the_longest_proper_border_of_each_prefix(text):
+    assert prefix_function(text) == [max(n for n in range(i + 1) if text[:i + 1].endswith(text[:n]))
+                                     for i in range(len(text))]

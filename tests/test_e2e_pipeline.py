@@ -108,7 +108,11 @@ def test_train_pipeline_sh_exit_codes_come_from_real_failures(tiny_repo, book_se
     tiny_repo.set_params({"validate.budgets.rss_mb": 5})
     done = pipeline(tiny_repo, "--skip-tokenizer")
     assert done.returncode == 5 and "rss_mb" in done.stdout + done.stderr
-    assert json.loads((repo / "metrics/validate.json").read_text())["validate"]["budgets"]["rss_mb"]["passed"] is False
+    # restore put back the last good verdict (dvc.lock's) and kept the failed run's where it says.
+    assert "kept as failed/metrics/validate.json" in done.stdout
+    failed = json.loads((repo / "failed/metrics/validate.json").read_text())["validate"]
+    assert failed["budgets"]["rss_mb"]["passed"] is False
+    assert json.loads((repo / "metrics/validate.json").read_text())["validate"]["passed"] is True
     tiny_repo.set_params({"validate.budgets.rss_mb": 64})
 
     # A run killed during epoch 2, whose epoch-1 checkpoint has weights gone bad, resumed: the loss is NaN at once.

@@ -199,6 +199,10 @@ def pipeline(repo: ProjectRepo, *args: str):
 
 @pytest.mark.parametrize("args, message", [
     (["--output-dir", "/proc/version/out"], "--output-dir /proc/version/out is not a directory this user can write"),
+    (["--output-dir", "dist/tinytransformer"], "is the project's own dist/tinytransformer/"),
+    (["--output-dir", "data"], "is the project's own data/"),
+    (["--output-dir", "metrics/copy"], "lies in the project's own metrics/"),
+    (["--output-dir", "."], "is the project's root or holds it"),
     (["--skip-tokenizer", "--vocab-size", "500"], "--vocab-size changes the tokenizer, which --skip-tokenizer keeps"),
     (["--skip-corpus", "--mirror", "/srv/books"], "--corpus-url and --mirror have no effect with --skip-corpus"),
     (["--mirror", "ftp://127.0.0.1/books"], "only http://, https:// or a local directory are accepted"),

@@ -192,3 +192,21 @@ def test_a_mirror_entry_that_is_not_a_regular_file_is_refused_at_once(tmp_path, 
 def test_an_http_mirror_needs_a_host():
     with pytest.raises(DownloadError, match="an http\\(s\\) mirror needs a host"):
         resolve_location(URL, "pg11.txt", "http://")
+
+
+@pytest.mark.parametrize("mirror", ["http://[::1", "https://[::1/books"])
+def test_a_mirror_url_that_cannot_be_parsed_is_refused(mirror):
+    with pytest.raises(DownloadError, match="not a valid URL \\(Invalid IPv6 URL\\)"):
+        resolve_location(URL, "pg11.txt", mirror)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:port/pg11.txt", "http://[::1]:1x/pg11.txt"])
+def test_a_url_no_request_can_reach_fails_at_once_not_after_retries(tmp_path, url):
+    with pytest.raises(DownloadError, match="is not a valid URL"):
+        fetch_verified(url, tmp_path / "pg11.txt", "0" * 64, policy(), label="pg11.txt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_mirror_path_too_long_for_the_file_system_is_not_a_directory():
+    with pytest.raises(DownloadError, match="not a directory"):
+        resolve_location(URL, "pg11.txt", "m" * 5000)

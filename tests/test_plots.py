@@ -300,3 +300,15 @@ def test_png_decoder_and_colour_count(tmp_path):
     found = tool.chart_pixels(image)
     assert found.per_colour[tool.dvc_palette()[0]] == 40
     assert found.colours_drawn(40) == [tool.dvc_palette()[0]]
+
+
+@pytest.mark.parametrize("command", [["build", "--out"], ["render", "no_report.json"]])
+def test_the_writers_replace_only_their_own_files_and_never_the_projects(tmp_path, monkeypatch, capsys, command):
+    monkeypatch.chdir(tmp_path)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("the user's")
+    (tmp_path / "metrics").mkdir()
+    for target, message in ((notes, "is not a"), (Path("metrics/plot.png"), "lies in the project's own metrics/")):
+        assert tool.main([*command, str(target)]) == 1
+        assert message in capsys.readouterr().err
+    assert notes.read_text() == "the user's" and list((tmp_path / "metrics").iterdir()) == []

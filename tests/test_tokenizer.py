@@ -1,10 +1,13 @@
 import sentencepiece as spm
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from src.config import ConfigError, TokenizerConfig
 from src.data.corpus import part_text, split_books, assemble
 from src.data.gutenberg import read_book
-from src.data.tokenizer import NEWLINE, held_out_metrics, required_characters, train_tokenizer
+from src.data.tokenizer import (MAX_SENTENCE_BYTES, NEWLINE, held_out_metrics, required_characters, sentences,
+                                train_tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +90,20 @@ def test_held_out_metrics(small_corpus, tmp_path):
 def test_required_characters():
     assert required_characters(["aaaaaaaaab"], 0.9) == 1
     assert required_characters(["aaaaaaaaab"], 1.0) == 2
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(lines=st.lists(st.text(alphabet=st.sampled_from(list("ab ñ日🙂")), max_size=3 * MAX_SENTENCE_BYTES), max_size=3))
+def test_training_sentences_are_the_lines_cut_within_sentencepieces_limit(lines):
+    parts = list(sentences(lines))
+    assert all(len(part.encode("utf-8")) <= MAX_SENTENCE_BYTES for part in parts)
+    assert "".join(parts) == "".join(lines)
+    assert len(parts) >= len(lines)
+
+
+def test_a_book_on_one_line_trains_the_tokenizer(small_corpus, tmp_path):
+    """sentencepiece skips a sentence longer than its limit: a one-line book would leave nothing to learn from."""
+    lines, _ = small_corpus
+    one_line = " ".join(lines)
+    processor = train_tokenizer([one_line], cfg(), tmp_path / "tok.model", tmp_path / "tok.vocab")
+    assert len(processor.encode(one_line[:5000])) < 2500  # whole words learned, not single characters

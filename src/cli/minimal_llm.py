@@ -29,11 +29,13 @@ from src.inference.api import MAX_TOKENS, GenerationError, Generator, Options, c
 from src.exit_codes import ExitCode
 from src.lib.runtime.budgets import check_budgets, over_budget
 from src.lib.runtime.cli import ArgumentParser
-from src.lib.runtime.sampling import MAX_REPETITION_PENALTY
+from src.lib.runtime.sampling_bounds import MAX_REPETITION_PENALTY
 
 # --safety-mode strict: hard caps on what one call may ask for.
 STRICT_MAX_PROMPT_CHARS = 2000
 STRICT_MAX_TOKENS = 256
+STRICT_MAX_STOPS = 16
+STRICT_MAX_STOP_CHARS = 200
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # keeps \t and \n
 
 
@@ -100,9 +102,16 @@ def check_arguments(args: argparse.Namespace) -> Options:
     if args.warmup_tokens < 0:
         raise GenerationError(f"--warmup_tokens must be 0 or more, got {args.warmup_tokens}")
     check_threads(args.threads, "--")
-    if args.safety_mode == "strict" and len(args.prompt) > STRICT_MAX_PROMPT_CHARS:
-        raise GenerationError(f"--safety-mode strict allows prompts of at most {STRICT_MAX_PROMPT_CHARS} "
-                              f"characters, got {len(args.prompt)}")
+    if args.safety_mode == "strict":
+        if len(args.prompt) > STRICT_MAX_PROMPT_CHARS:
+            raise GenerationError(f"--safety-mode strict allows prompts of at most {STRICT_MAX_PROMPT_CHARS} "
+                                  f"characters, got {len(args.prompt)}")
+        if len(args.stop) > STRICT_MAX_STOPS:
+            raise GenerationError(f"--safety-mode strict allows at most {STRICT_MAX_STOPS} --stop, got "
+                                  f"{len(args.stop)}")
+        if max(map(len, args.stop), default=0) > STRICT_MAX_STOP_CHARS:
+            raise GenerationError(f"--safety-mode strict allows a --stop of at most {STRICT_MAX_STOP_CHARS} "
+                                  f"characters, got one of {max(map(len, args.stop))}")
     return options
 
 
@@ -180,7 +189,8 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--top_p", type=float, help="nucleus sampling mass in (0, 1]; 1 = off (default: the model's)")
     gen.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same text)")
     gen.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                     help="end the text before this (never printed); repeatable, the first one met wins")
+                     help=f"end the text before this (never printed); repeatable, the first one met wins "
+                          f"(strict: at most {STRICT_MAX_STOPS}, each at most {STRICT_MAX_STOP_CHARS} characters)")
     gen.add_argument("--repetition_penalty", type=float, default=1.0,
                      help=f"in [1, {MAX_REPETITION_PENALTY:g}]: makes the tokens already in the prompt or text less "
                           f"likely (1 = off, the default)")
@@ -192,10 +202,11 @@ def parser() -> argparse.ArgumentParser:
                           "a bundle holds its own)")
     gen.add_argument("--json", action="store_true", help="print the text and metrics as one JSON object")
     gen.add_argument("--safety-mode", dest="safety_mode", choices=("off", "strict"), default="off",
-                     help="strict: caps prompt length and max_tokens, enforces the memory/latency budgets, "
+                     help="strict: caps prompt length, max_tokens and --stop, enforces the memory/latency budgets, "
                           "strips control characters from what is printed")
-    gen.add_argument("--params", type=Path, default=Path("params.yaml"),
-                     help="a checkpoint's generation defaults and budgets (a bundle holds its own)")
+    gen.add_argument("--params", type=Path,
+                     help="a checkpoint's generation defaults and budgets (default params.yaml, where it exists; a "
+                          "bundle holds its own)")
     gen.add_argument("--warmup_tokens", type=int, default=0, help="tokens left out of the latency figures")
     gen.add_argument("--ignore_eos", action="store_true", help="do not stop at the end-of-text token")
     gen.add_argument("--threads", type=int, default=1,

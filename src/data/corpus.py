@@ -1,7 +1,8 @@
 """The bilingual corpus file, the index of which byte range belongs to which book, and the split.
 
-The split is defined here once: the last ``holdout_fraction`` of each book (cut at a line break)
-is validation text, the rest is training text. Tokenizer training and model training both use it.
+The split is defined here once: the last ``holdout_fraction`` of each book (cut at a line break near that
+point, else at a space, else between two characters) is validation text, the rest is training text.
+Tokenizer training and model training both use it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from pathlib import Path
 from src.atomic import write_json
 
 BOOK_SEPARATOR = "\n\n"
+# How far from the exact cut a line break, then a space, is looked for: a book with none that near (a book on
+# one line, a text without spaces) is cut between two characters instead.
+SEAM_SEARCH_BYTES = 10_000
 
 
 @dataclass(frozen=True)
@@ -58,20 +62,37 @@ def read_index(path: Path) -> list[BookSpan]:
     return [BookSpan(**book) for book in json.loads(Path(path).read_text(encoding="utf-8"))["books"]]
 
 
-def split_books(corpus: bytes, spans: list[BookSpan], holdout_fraction: float) -> list[BookSplit]:
-    """Hold out the last ``holdout_fraction`` of every book, cut at the next line break.
+def seam(corpus: bytes, start: int, end: int, target: int) -> int:
+    """Where the text ``corpus[start:end]`` is cut near byte ``target``: just after the first line break from
+    ``target`` on, else the last one before it, within SEAM_SEARCH_BYTES; failing both, after a space found the
+    same way; failing that, at the character boundary at or after ``target`` (before it, for the last
+    character). Every cut keeps both parts valid UTF-8; a line break keeps sentences whole at the seam."""
+    for separator in (b"\n", b" "):
+        after = corpus.find(separator, target, min(end, target + SEAM_SEARCH_BYTES))
+        if after != -1 and after + 1 < end:
+            return after + 1
+        before = corpus.rfind(separator, max(start, target - SEAM_SEARCH_BYTES), target)
+        if before != -1 and before + 1 > start:
+            return before + 1
+    cut = target
+    while cut < end and corpus[cut] & 0xC0 == 0x80:  # a UTF-8 continuation byte: inside a character
+        cut += 1
+    if cut == end:
+        cut = target
+        while cut > start and corpus[cut] & 0xC0 == 0x80:
+            cut -= 1
+    return cut
 
-    Cutting at a newline keeps both parts valid UTF-8 and keeps sentences whole at the seam.
-    """
+
+def split_books(corpus: bytes, spans: list[BookSpan], holdout_fraction: float) -> list[BookSplit]:
+    """Hold out the last ``holdout_fraction`` of every book, cut at its ``seam``."""
     splits = []
     for span in spans:
         target = span.start + int((span.end - span.start) * (1.0 - holdout_fraction))
-        newline = corpus.find(b"\n", target, span.end)
-        if newline == -1:
-            newline = corpus.rfind(b"\n", span.start, target)
-        cut = newline + 1
-        if newline == -1 or not span.start < cut < span.end:
-            raise ValueError(f"book {span.name} is too short to hold out {holdout_fraction:.0%} of it")
+        cut = seam(corpus, span.start, span.end, target)
+        if not span.start < cut < span.end:
+            raise ValueError(f"book {span.name} is {span.end - span.start} bytes long: too short to hold out "
+                             f"{holdout_fraction:.0%} of it and train on the rest")
         splits.append(BookSplit(span.name, span.language, (span.start, cut), (cut, span.end)))
     return splits
 

@@ -97,12 +97,23 @@ def resolve_location(url: str, file_name: str, mirror: str | None) -> str:
 def check_mirror(mirror: str) -> None:
     """Refuse a mirror that is neither an http(s) base URL with a host nor an existing local directory."""
     if mirror.startswith(("http://", "https://")):
-        if not urllib.parse.urlparse(mirror).netloc:
+        try:
+            host = urllib.parse.urlparse(mirror).netloc
+        except ValueError as exc:  # "Invalid IPv6 URL"
+            raise DownloadError(f"{MIRROR_ENV}={mirror!r}: not a valid URL ({exc})") from None
+        if not host:
             raise DownloadError(f"{MIRROR_ENV}={mirror!r}: an http(s) mirror needs a host")
     elif _SCHEME.match(mirror):
         raise DownloadError(f"{MIRROR_ENV}={mirror!r}: only http://, https:// or a local directory are accepted")
-    elif not Path(mirror).expanduser().is_dir():
+    elif not _is_dir(Path(mirror).expanduser()):
         raise DownloadError(f"{MIRROR_ENV}={mirror!r}: not a directory")
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name too long for the file system: no directory of that name
+        return False
 
 
 def sha256_of(path: Path) -> str:
@@ -206,6 +217,8 @@ def _copy_http(url: str, out: BinaryIO, policy: FetchPolicy, label: str, deadlin
         raise DownloadError(f"{label}: {url} answered HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
         raise _Transient(f"cannot reach {url}: {exc.reason}") from None
+    except (http.client.InvalidURL, ValueError, OverflowError) as exc:  # a host or port no request can reach
+        raise DownloadError(f"{label}: {url} is not a valid URL ({exc})") from None
     except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
         raise _Transient(f"{type(exc).__name__}: {exc or 'timed out'}") from None
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 import io
 from collections import Counter
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import sentencepiece as spm
 
 from src.config import ConfigError, TokenizerConfig
 from src.atomic import write_atomic
-from src.paths import not_found
+from src.paths import unusable_file
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+# sentencepiece skips every training sentence longer than this many bytes (its max_sentence_length, passed as
+# it defaults): longer lines are given to it in pieces, cut at spaces, so that no text is silently left out.
+MAX_SENTENCE_BYTES = 4192
 NEWLINE = "\n"
 _RESERVED_PIECES = 4 + 1 + 256  # pad, unk, bos, eos; newline; one piece per byte for byte fallback
 
@@ -41,6 +44,20 @@ def required_characters(text_lines: Iterable[str], coverage: float) -> int:
     return needed
 
 
+def sentences(lines: Iterable[str]) -> Iterator[str]:
+    """``lines`` as sentencepiece's training sentences: each at most MAX_SENTENCE_BYTES of UTF-8, a longer line
+    cut after its last space within the limit (between two characters where it has none)."""
+    for line in lines:
+        data = line.encode("utf-8")
+        while len(data) > MAX_SENTENCE_BYTES:
+            cut = data.rfind(b" ", 1, MAX_SENTENCE_BYTES) + 1 or MAX_SENTENCE_BYTES
+            while data[cut] & 0xC0 == 0x80:  # a UTF-8 continuation byte: back to where its character starts
+                cut -= 1
+            yield data[:cut].decode("utf-8")
+            data = data[cut:]
+        yield data.decode("utf-8")
+
+
 def train_tokenizer(lines: list[str], cfg: TokenizerConfig, model_file: Path, vocab_file: Path
                     ) -> spm.SentencePieceProcessor:
     """Train on ``lines`` (training text only) and write the model and vocab files atomically."""
@@ -53,7 +70,7 @@ def train_tokenizer(lines: list[str], cfg: TokenizerConfig, model_file: Path, vo
     spm.set_random_generator_seed(cfg.seed)
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines), model_writer=proto,
+            sentence_iterator=sentences(lines), model_writer=proto, max_sentence_length=MAX_SENTENCE_BYTES,
             vocab_size=cfg.vocab_size, model_type=cfg.model_type,
             character_coverage=cfg.character_coverage,
             normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
@@ -76,8 +93,9 @@ def train_tokenizer(lines: list[str], cfg: TokenizerConfig, model_file: Path, vo
 
 def load_tokenizer(model_file: Path) -> spm.SentencePieceProcessor:
     """The sentencepiece model in ``model_file``; TokenizerError when it is missing or not such a model."""
-    if not Path(model_file).is_file():
-        raise TokenizerError(not_found(f"tokenizer model {model_file}", "tokenize"))
+    problem = unusable_file(model_file, "tokenize", "tokenizer model ")
+    if problem:
+        raise TokenizerError(problem)
     try:
         return spm.SentencePieceProcessor(model_file=str(model_file))
     except RuntimeError as exc:

@@ -25,7 +25,8 @@ from src import paths
 from src.lib.runtime.bundle import BundleError
 from src.lib.runtime.detokenize import TextStream, byte_values
 from src.lib.runtime.model import load_bundle
-from src.lib.runtime.sampling import MAX_REPETITION_PENALTY, Decoder, GenerationTimes, Sampling, generate
+from src.lib.runtime.sampling import Decoder, GenerationTimes, Sampling, generate
+from src.lib.runtime.sampling_bounds import SAMPLING_BOUNDS, out_of_bounds
 
 MAX_TOKENS = 100_000  # generation never needs more memory, but time does
 MAX_SEED = 2**64 - 1
@@ -78,14 +79,10 @@ class Options:
             raise bad("max_tokens", f"between 1 and {MAX_TOKENS}", self.max_tokens)
         if not _is_number(self.seed, numbers.Integral) or not 0 <= self.seed <= MAX_SEED:
             raise bad("seed", "between 0 and 2**64 - 1", self.seed)
-        if self.temperature is not None and (not _is_number(self.temperature) or not 0 <= self.temperature <= 10):
-            raise bad("temperature", "in [0, 10] (0 = greedy)", self.temperature)
-        if self.top_k is not None and (not _is_number(self.top_k, numbers.Integral) or self.top_k < 0):
-            raise bad("top_k", "0 (off) or more", self.top_k)
-        if self.top_p is not None and (not _is_number(self.top_p) or not 0 < self.top_p <= 1):
-            raise bad("top_p", "in (0, 1]", self.top_p)
-        if not _is_number(self.repetition_penalty) or not 1 <= self.repetition_penalty <= MAX_REPETITION_PENALTY:
-            raise bad("repetition_penalty", f"in [1, {MAX_REPETITION_PENALTY:g}] (1 = off)", self.repetition_penalty)
+        for name in SAMPLING_BOUNDS:  # None: the model's default, checked where it is read
+            value = getattr(self, name)
+            if value is not None and (bounds := out_of_bounds(name, value)):
+                raise bad(name, bounds, value)
         if not all(isinstance(stop, str) for stop in self.stops):
             raise bad("stop", "text or a list of texts", self.stop)
         for stop in self.stops:
@@ -136,11 +133,12 @@ class Generator:
 
     @classmethod
     def load(cls, path: Path | str, *, tokenizer: Path | str | None = None,
-             params: Path | str = "params.yaml", threads: int = 1) -> "Generator":
+             params: Path | str | None = None, threads: int = 1) -> "Generator":
         """A bundle directory through the runtime, or a checkpoint file (.pt) through PyTorch (see
-        ``from_checkpoint`` for the other arguments)."""
+        ``from_checkpoint`` for the other arguments). A path that is neither is taken for what it looks like: a
+        checkpoint when it ends in .pt or is a file, else a bundle; the loader says what is wrong with it."""
         path = Path(path)
-        if path.is_file() or path.suffix == ".pt":
+        if path.suffix == ".pt" or paths.file_problem(path) in (None, paths.NOT_REGULAR):
             return cls.from_checkpoint(path, tokenizer, params, threads)
         return cls.from_bundle(path)
 
@@ -158,34 +156,37 @@ class Generator:
 
     @classmethod
     def from_checkpoint(cls, model_file: Path | str, tokenizer_file: Path | str | None = None,
-                        params: Path | str = "params.yaml", threads: int = 1) -> "Generator":
+                        params: Path | str | None = None, threads: int = 1) -> "Generator":
         """A checkpoint through PyTorch on ``threads`` CPU threads, with the tokenizer it was trained with (refused
-        otherwise; None: the one ``params`` names) and the sampling defaults and budgets of ``params`` (PyTorch's
-        own defaults without one)."""
-        from src.config import ConfigError, load_config
+        otherwise; None: the one the params name) and the sampling defaults and budgets of ``params``: a file
+        given must be there and valid; without one, params.yaml where it exists (else PyTorch's own defaults, no
+        budgets, and the tokenizer must be given)."""
+        from src.config import PARAMS_FILE, ConfigError, load_config
         from src.data.tokenizer import EOS_ID, TokenizerError, load_tokenizer
         from src.inference.generate import TorchDecoder
         from src.model.checkpoint import CheckpointError, file_digest, load_model
 
         import torch
 
-        try:
-            cfg = load_config(params)
-        except ConfigError as exc:
-            if tokenizer_file is None:
-                raise GenerationError(f"{exc}: it names the tokenizer, else give the tokenizer file") from None
-            cfg = None
         model_file = Path(model_file)
-        tokenizer_file = Path(tokenizer_file) if tokenizer_file is not None else cfg.tokenizer_name.model
-        for needed, stage in ((model_file, "train"), (tokenizer_file, "tokenize")):
-            if not needed.is_file():
-                raise GenerationError(paths.not_found(needed, stage))
         check_threads(threads)
         torch.set_num_threads(threads)
         try:
-            network, meta = load_model(model_file)
+            network, meta = load_model(model_file)  # first: a file that is no checkpoint is named as such
+        except CheckpointError as exc:
+            raise GenerationError(str(exc)) from None
+        cfg = None
+        if params is not None or paths.file_problem(PARAMS_FILE) != paths.NOT_FOUND:
+            try:
+                cfg = load_config(PARAMS_FILE if params is None else params)
+            except ConfigError as exc:
+                raise GenerationError(str(exc)) from None
+        if tokenizer_file is None and cfg is None:
+            raise GenerationError(f"{PARAMS_FILE} not found: it names the tokenizer, else give the tokenizer file")
+        tokenizer_file = Path(tokenizer_file) if tokenizer_file is not None else cfg.tokenizer_name.model
+        try:
             tokenizer = load_tokenizer(tokenizer_file)
-        except (CheckpointError, TokenizerError) as exc:
+        except TokenizerError as exc:
             raise GenerationError(str(exc)) from None
         if file_digest(tokenizer_file) != (meta.get("fingerprint") or {}).get("tokenizer"):
             raise GenerationError(f"{tokenizer_file} is not the tokenizer {model_file} was trained with (its sha256 "

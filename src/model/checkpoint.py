@@ -5,7 +5,10 @@ A checkpoint holds plain data only (tensors, numbers, strings, lists, dicts), so
 (inside a tensor too, which would otherwise load as a slightly different model) is refused. Its
 fingerprint names what produced it (the token data, the tokenizer, the params that shape the run, the
 training code) so a run never resumes from a checkpoint of a different recipe. A model is built only
-from a recorded shape within the params' own bounds and whose tensors the file actually holds.
+from a recorded shape within the params' own bounds and whose tensors the file actually holds. The models
+users load (``load_model``) and those training exports for them (``export_model``) hold finite weights only:
+a NaN or an infinity generates empty text without an error. (A training checkpoint may hold them: resuming
+from one stops at its first non-finite loss, and says so.)
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 from src.atomic import write_atomic
 from src.config import ConfigError, ModelConfig, TokenizerConfig, check_field
 from src.model.transformer import ModelShape, TinyTransformer
-from src.paths import not_found
+from src.paths import unusable_file
 
 # 2: RoPE pairs channel i with i + head_dim / 2 (format 1: with its neighbour), so the query and key
 # weights of a format-1 checkpoint mean something else to this code.
@@ -32,6 +35,7 @@ from src.paths import not_found
 FORMAT_VERSION = 3
 # What save_checkpoint adds to a state: read back, never taken from the caller.
 _FORMAT, _CONTENT_SHA256 = "format", "content_sha256"
+_ZIP_MAGIC = b"PK\x03\x04"  # how every file torch.save writes begins
 
 
 class CheckpointError(RuntimeError):
@@ -129,8 +133,13 @@ TRAINING_ONLY = ("optimizer", "scheduler", "rng", "timings")
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(not_found(f"checkpoint {path}", "train"))
+    problem = unusable_file(path, "train", "checkpoint ")
+    if problem:
+        raise CheckpointError(problem)
+    with path.open("rb") as f:
+        if f.read(len(_ZIP_MAGIC)) != _ZIP_MAGIC:
+            raise CheckpointError(f"checkpoint {path} cannot be read: it is not a file torch.save wrote, so not a "
+                                  f"TinyTransformer checkpoint")
     try:
         # mmap: tensors stay in the page cache until used, so unused optimizer state never becomes resident.
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -176,11 +185,20 @@ def _check_weights(weights: Any, shape: ModelShape, path: Path) -> None:
                               f"{shape.parameter_count} fp32 weights")
 
 
+def check_finite(weights: dict[str, torch.Tensor], path: Path) -> None:
+    """CheckpointError naming the first tensor of ``weights`` that holds a NaN or an infinity."""
+    for name, tensor in weights.items():
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"checkpoint {path} holds non-finite weights ({name}): the run that made it "
+                                  f"diverged; train again (e.g. with a lower learning_rate)")
+
+
 def load_model(path: Path) -> tuple[TinyTransformer, dict[str, Any]]:
     """The model of a checkpoint, in eval mode, and the checkpoint's metadata."""
     state = load_checkpoint(path)
     shape = _recorded_shape(state, Path(path))
     _check_weights(state.get("model"), shape, Path(path))
+    check_finite(state["model"], Path(path))
     model = TinyTransformer(shape)
     # assign: the model takes the checkpoint's memory-mapped tensors instead of copying them (the
     # initial ones are freed), so the weights are held once and only their pages in use are resident.
@@ -197,6 +215,8 @@ def load_model(path: Path) -> tuple[TinyTransformer, dict[str, Any]]:
 def export_model(checkpoint: Path, target: Path) -> None:
     """Write ``checkpoint`` without its training-only state: the model a user loads."""
     state = load_checkpoint(checkpoint)
+    if isinstance(state.get("model"), dict):
+        check_finite(state["model"], Path(checkpoint))
     save_checkpoint(target, {k: v for k, v in state.items() if k not in TRAINING_ONLY})
 
 

@@ -28,6 +28,7 @@ from src.lib.runtime import bundle
 from src.lib.runtime.model import load_bundle
 from src.model.checkpoint import CheckpointError, file_digest
 from src.model.export import export_for_runtime
+from src.pipeline.output_dir import overlap
 from src.pipeline.stage import missing_input, run_stage, stage_arguments
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,17 @@ def generation_config(generation: GenerationConfig, special: dict[str, int]) -> 
 
 
 def create_bundle(model: Path, tokenizer: Path, out: Path, inputs: BundleInputs) -> Path:
-    """Write the bundle of ``model`` and ``tokenizer`` to ``out``, read it back as a device would, return ``out``."""
+    """Write the bundle of ``model`` and ``tokenizer`` to ``out``, read it back as a device would, return ``out``.
+
+    ``out`` is refused, before anything is read, where it overlaps the project's own files (but for the
+    pipeline's bundle directory itself) or holds anything but an earlier bundle (``output_dir``)."""
+    problem = overlap(out, allowed=paths.BUNDLE_DIR)
+    if problem:
+        raise BundleInputError(f"{problem}: a bundle is written elsewhere, or as {paths.BUNDLE_DIR}")
+    try:
+        bundle.replaceable(out)
+    except bundle.BundleError as exc:
+        raise BundleInputError(str(exc)) from None
     try:
         config, weights, meta = export_for_runtime(model)
         load_tokenizer(tokenizer)

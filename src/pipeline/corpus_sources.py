@@ -17,7 +17,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from src.config import ConfigError, CorpusConfig, check_field, load_config
+from src.config import ConfigError, CorpusConfig, check_field, check_url, load_config
 from src.data.fetch import DownloadError, FetchPolicy, fetch_verified, sha256_of
 from src.data.gutenberg import NotTextError, read_book
 from src.data.languages import is_language_code, language_code
@@ -25,6 +25,8 @@ from src.lib.runtime.cli import ArgumentParser
 from src.pipeline.stage import run_stage
 
 log = logging.getLogger(__name__)
+
+MAX_NAME = 64  # a source's name, made from its file's: it names a temporary file too
 
 
 def source_location(given: str, from_dir: Path, root: Path) -> str:
@@ -56,8 +58,9 @@ def describe(location: str, language: str | None, name: str, policy: FetchPolicy
 
 
 def unique_name(location: str, taken: set[str]) -> str:
-    """A source name from the file name: its stem, with characters other than [A-Za-z0-9_.-] made '_'."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(location.rstrip("/")).stem) or "book"
+    """A source name from the file name: its stem, with characters other than [A-Za-z0-9_.-] made '_', at most
+    MAX_NAME characters."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(location.rstrip("/")).stem)[:MAX_NAME] or "book"
     name, n = stem, 2
     while name in taken:
         name, n = f"{stem}_{n}", n + 1
@@ -81,6 +84,7 @@ def corpus_sources(books: list[tuple[str, str | None]], cfg: CorpusConfig, from_
             if language is not None and not is_language_code(language):
                 raise ConfigError(f"--corpus-language {language!r} is not an ISO 639-1 code (en, fr, de, ...)")
             location = source_location(given, from_dir, root)
+            check_url("--corpus-url", location)
             entries.append(describe(location, language, unique_name(location, taken), policy, Path(workdir)))
     check_field(CorpusConfig, "sources", entries)  # what params.yaml will hold passes its own check
     return entries

@@ -23,7 +23,10 @@ from typing import Any, TextIO
 
 from src import paths
 from src.config import ConfigError, load_config
+from src.lib.runtime import bundle
+from src.lib.runtime.bundle import BundleError, read_bundle, write_bundle
 from src.lib.runtime.cli import ArgumentParser
+from src.pipeline.output_dir import export_dir_problem
 
 INDENT = " " * 6
 PHASES = {"download": "[2/4] 📖 Downloading corpus...", "tokenize": "[3/4] 🔤 Training tokenizer...",
@@ -131,6 +134,22 @@ class Stream:
         self.close_stage()
 
 
+def export(output_dir: Path, artifacts: list[Path]) -> None:
+    """Copy ``artifacts`` into ``output_dir``, refused (OSError) where it overlaps the project's own files
+    (``export_dir_problem``, which train_pipeline.sh checked before the run too). The bundle replaces an earlier
+    bundle there whole, verified as it is read, so no file of another version stays in it."""
+    problem = export_dir_problem(output_dir)
+    if problem:
+        raise OSError(f"--output-dir {problem}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for path in artifacts:
+        if path == paths.BUNDLE_DIR:
+            contents = read_bundle(path)
+            write_bundle(output_dir / path.name, {name: contents.files[name] for name in bundle.FILES})
+        else:
+            shutil.copy2(path, output_dir / path.name)
+
+
 def summary(seconds: int, output_dir: Path | None) -> list[str]:
     """The run's final metrics, its artifacts (copied to ``output_dir``) and the validation verdict."""
     cfg = load_config()
@@ -141,11 +160,7 @@ def summary(seconds: int, output_dir: Path | None) -> list[str]:
                  (paths.TRAINING_METRICS, f"{len(train['epoch_history'])} epochs, every evaluation"),
                  (cfg.tokenizer_name.model, "the tokenizer"), (paths.BUNDLE_DIR, "the bundle, for a device")]
     if output_dir is not None:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        for path, _ in artifacts:
-            copy = shutil.copytree if path.is_dir() else shutil.copy2
-            copy(path, output_dir / path.name, **({"dirs_exist_ok": True} if path.is_dir() else {}))
-        shutil.copy2(cfg.tokenizer_name.vocab, output_dir / cfg.tokenizer_name.vocab.name)
+        export(output_dir, [path for path, _ in artifacts] + [cfg.tokenizer_name.vocab])
     shown = (lambda path: output_dir / path.name) if output_dir is not None else (lambda path: path)
     lines = ["✅ Training complete!", "📊 Final metrics:",
              f"   - Train loss: {last['train_loss']:.2f}",
@@ -193,7 +208,12 @@ def main() -> int:
                 view.feed(line)
             view.finish()
         return 0
-    for line in summary(args.seconds, args.output_dir):
+    try:
+        lines = summary(args.seconds, args.output_dir)
+    except (OSError, BundleError) as exc:  # the copy: a full disk, an output directory that became unusable
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for line in lines:
         print(f"{INDENT}{line}" if line else "")
     return 0
 

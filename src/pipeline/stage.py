@@ -87,12 +87,29 @@ def _restore_hint() -> str | None:
             f"`python -m src.pipeline.restore {stage}` puts back the ones dvc.lock records")
 
 
+def _keep_uncached_outputs() -> None:
+    """Under DVC, once the stage has succeeded: its ``cache: false`` outputs into DVC's cache, where
+    ``python -m src.pipeline.restore`` finds them after a later run fails (src/pipeline/restore.py). One
+    process of a torchrun launch, its rank 0, speaks for all."""
+    stage = os.environ.get("DVC_STAGE")
+    if not stage or os.environ.get("RANK", "0") != "0":
+        return
+    from src.pipeline.restore import keep_uncached_outputs  # imports DVC: only under DVC
+
+    try:
+        keep_uncached_outputs(stage, os.environ.get("DVC_ROOT", "."))
+    except Exception as exc:  # the stage's work is done: a cache DVC cannot write costs only the later restore
+        logging.getLogger(__name__).warning("its metrics could not be kept in DVC's cache for a later restore (%s)",
+                                            " ".join(str(exc).split()) or type(exc).__name__)
+
+
 def run_stage(name: str, body: Callable[[], None], expected: tuple[type[BaseException], ...] = ()) -> NoReturn:
     """Run a stage body and exit with the documented code.
 
     Bad params and missing prerequisites exit 1; the ``expected`` failures and StageError print
     their message and exit the stage's code (``STAGE_FAILURE``); anything else prints its traceback too. SIGTERM and
-    Ctrl+C unwind the stage (its temporary files are removed) and exit 143 and 130.
+    Ctrl+C unwind the stage (its temporary files are removed) and exit 143 and 130. A stage that succeeds under
+    DVC keeps its ``cache: false`` outputs where a restore finds them (``_keep_uncached_outputs``).
     """
     failure_code = STAGE_FAILURE[name]
     logging.basicConfig(level=logging.INFO, format=f"{name}: %(levelprefix)s%(message)s", stream=sys.stderr)
@@ -114,4 +131,5 @@ def run_stage(name: str, body: Callable[[], None], expected: tuple[type[BaseExce
     except Exception:
         traceback.print_exc()
         _fail(name, "failed unexpectedly (see the traceback above)", failure_code)
+    _keep_uncached_outputs()
     sys.exit(ExitCode.OK)

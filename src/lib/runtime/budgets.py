@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
+BUDGETS = ("rss_mb", "peak_mb", "latency_p95_ms")  # what a model may use on a device
+
 
 def check_budgets(figures: Mapping[str, float], limits: Mapping[str, float]) -> dict[str, dict]:
     """Per budget: the measured ``value``, its ``limit`` and whether it ``passed`` (value <= limit)."""

@@ -20,6 +20,10 @@ No file is pickled. A bundle is read only through ``read_bundle``, which reads e
 against the manifest, and refuses (BundleError, naming the file) a changed byte, a missing or extra file,
 a manifest that is not exactly this format, or a safetensors header that lies about its size or asks for
 more than the file holds, before any of it is used.
+
+``write_bundle`` replaces only what is recognisably a bundle: nothing, an empty directory, or a directory
+holding a bundle's manifest and the files it lists, nothing else. A file, a symbolic link or a directory
+with anything else in it is refused, never renamed aside nor deleted.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ PROVENANCE = "provenance.json"
 MODEL_CARD = "README.md"
 FILES = (WEIGHTS, CONFIG, TOKENIZER, HF_TOKENIZER, HF_TOKENIZER_CONFIG, HF_SPECIAL_TOKENS, GENERATION, METRICS,
          PROVENANCE, MODEL_CARD)
-MAX_HEADER_BYTES = 1 << 20  # a safetensors header is a few kB; more is refused before it is read
+MAX_HEADER_BYTES = 1 << 20  # a safetensors header or a manifest is a few kB; more is refused before it is read
 _DTYPE_BYTES = {"F32": 4}
 
 
@@ -58,9 +62,10 @@ class BundleError(Exception):
 
 @dataclass(frozen=True)
 class BundleFiles:
-    """A verified bundle's contents, each file read once."""
+    """A verified bundle's contents, each file read once, and the tensors its weights file declares."""
     directory: Path
     files: dict[str, bytes]
+    tensors: dict[str, dict[str, Any]]  # name -> the safetensors header's dtype, shape and data_offsets
 
     def json(self, name: str) -> Any:
         try:
@@ -78,14 +83,47 @@ def manifest_for(files: dict[str, bytes]) -> dict[str, Any]:
             "files": {name: {"sha256": sha256_hex(data), "size": len(data)} for name, data in sorted(files.items())}}
 
 
+def replaceable(directory: Path | str) -> Path:
+    """``directory`` as an absolute path, when a bundle may be written as it: nothing is there, or an empty
+    directory, or a bundle (a manifest of this runtime's form, and only the files it lists); else BundleError
+    saying what is there."""
+    given = Path(directory)
+    try:
+        if given.is_symlink():
+            raise BundleError(f"{given} is a symbolic link: give the directory itself as the bundle's place")
+        target = given.resolve()
+        if not target.name:
+            raise BundleError(f"{given} is the file system's root: a bundle needs a directory of its own")
+        if not target.exists():
+            return target
+        if not target.is_dir():
+            raise BundleError(f"{given} is a file, not a bundle: a bundle replaces only an earlier bundle")
+        entries = sorted(p.name for p in target.iterdir())
+    except OSError as exc:
+        raise BundleError(f"{given} cannot be used as a bundle's place ({exc.strerror or exc})") from None
+    if entries:
+        try:
+            _read_manifest(target)
+        except BundleError:
+            raise BundleError(f"{given} holds files that are not a bundle's ({', '.join(entries[:3])}"
+                              f"{', ...' if len(entries) > 3 else ''}): a bundle replaces only an earlier bundle or "
+                              f"an empty directory") from None
+        others = [name for name in entries if name not in (*FILES, MANIFEST)]
+        if others:
+            raise BundleError(f"{given} is a bundle with other files in it ({', '.join(others[:3])}): move them "
+                              f"out first, writing the bundle again would delete them")
+    return target
+
+
 def write_bundle(directory: Path, files: dict[str, bytes]) -> None:
-    """Write ``files`` (exactly FILES) and their manifest as ``directory``, replacing it whole.
+    """Write ``files`` (exactly FILES) and their manifest as ``directory``, replacing it whole when it is
+    ``replaceable`` (BundleError, with nothing changed, when it is not).
 
     The bundle is made in a temporary directory beside the target and renamed into place, so a reader
     never sees half of one."""
     if sorted(files) != sorted(FILES):
         raise ValueError(f"a bundle holds exactly {', '.join(FILES)}")
-    directory = Path(directory)
+    directory = replaceable(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     building = directory.with_name(f".{directory.name}.{os.getpid()}.part")
     replaced = directory.with_name(f".{directory.name}.{os.getpid()}.old")
@@ -107,13 +145,21 @@ def write_bundle(directory: Path, files: dict[str, bytes]) -> None:
 
 def _read_manifest(directory: Path) -> dict[str, dict[str, Any]]:
     path = directory / MANIFEST
-    if not directory.is_dir():
-        raise BundleError(f"{directory} is not a directory: build a bundle with "
-                          f"`python -m src.lib.runtime create_bundle` (or `dvc repro bundle`)")
-    if not path.is_file():
-        raise BundleError(f"{path} not found: {directory} is not a bundle")
+    build = "build a bundle with `python -m src.lib.runtime create_bundle` (or `dvc repro bundle`)"
     try:
-        manifest = json.loads(path.read_bytes())
+        if not directory.exists():
+            raise BundleError(f"{directory} not found: {build}")
+        if not directory.is_dir():
+            raise BundleError(f"{directory} is not a directory: {build}")
+        if not path.is_file():
+            raise BundleError(f"{path} not found: {directory} is not a bundle")
+        if path.stat().st_size > MAX_HEADER_BYTES:
+            raise BundleError(f"{path}: more than {MAX_HEADER_BYTES} bytes; a manifest lists {len(FILES)} files")
+        text = path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{directory} cannot be read as a bundle ({exc.strerror or exc})") from None
+    try:
+        manifest = json.loads(text)
     except ValueError as exc:
         raise BundleError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(manifest, dict) or sorted(manifest) != ["files", "format"]:
@@ -133,7 +179,14 @@ def _read_manifest(directory: Path) -> dict[str, dict[str, Any]]:
 def read_bundle(directory: Path) -> BundleFiles:
     """Every file of the bundle in ``directory``, read once and checked against the manifest."""
     directory = Path(directory)
-    listed = _read_manifest(directory)
+    try:
+        return _read_files(directory, _read_manifest(directory))
+    except OSError as exc:  # a file that cannot be opened: permissions, a special file, a name too long
+        where = exc.filename or directory
+        raise BundleError(f"{where} cannot be read ({exc.strerror or exc})") from None
+
+
+def _read_files(directory: Path, listed: dict[str, dict[str, Any]]) -> BundleFiles:
     extra = sorted(p.name for p in directory.iterdir() if p.name not in (*FILES, MANIFEST))
     if extra:
         raise BundleError(f"{directory / extra[0]}: not part of the bundle (the manifest lists "
@@ -149,8 +202,8 @@ def read_bundle(directory: Path) -> BundleFiles:
         if sha256_hex(data) != listed[name]["sha256"]:
             raise BundleError(f"{path}: its sha256 is not the manifest's: the file was changed")
         files[name] = data
-    check_safetensors_header(files[WEIGHTS], directory / WEIGHTS)
-    return BundleFiles(directory, files)
+    tensors = check_safetensors_header(files[WEIGHTS], directory / WEIGHTS)
+    return BundleFiles(directory, files, tensors)
 
 
 def check_safetensors_header(data: bytes, path: Path) -> dict[str, Any]:

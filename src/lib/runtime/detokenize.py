@@ -10,6 +10,7 @@ valid: only an interrupted generation leaves a sequence unfinished).
 from __future__ import annotations
 
 import codecs
+from collections import deque
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -36,21 +37,69 @@ class Detokenizer:
         return self.tokenizer.decode([token])
 
 
+def prefix_function(text: str) -> list[int]:
+    """Knuth-Morris-Pratt's failure table: per i, the length of the longest proper prefix of ``text[:i + 1]``
+    that is also its suffix. Linear in ``len(text)``."""
+    table = [0] * len(text)
+    for i in range(1, len(text)):
+        k = table[i - 1]
+        while k and text[i] != text[k]:
+            k = table[k - 1]
+        table[i] = k + (text[i] == text[k])
+    return table
+
+
+class StopMatcher:
+    """The stop sequences that text, read one character at a time, completes.
+
+    For each stop it keeps the length of the longest start of the stop that the text read so far ends with,
+    advanced by Knuth-Morris-Pratt's automaton: each character costs a constant time per stop (amortized),
+    however long the stops are, and a stop of n characters costs O(n) once, to build its table.
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        if not all(stops):
+            raise ValueError("a stop sequence must not be empty")
+        self.stops = tuple(stops)
+        self._tables = [prefix_function(stop) for stop in self.stops]
+        self.matched = [0] * len(self.stops)  # per stop: how much of its start the text ends with
+
+    def feed(self, char: str) -> str | None:
+        """Read one character; the stop it completes (the longest, when it completes several), else None."""
+        completed = None
+        for i, (stop, table) in enumerate(zip(self.stops, self._tables)):
+            k = self.matched[i]
+            if k == len(stop):  # a stop matched whole before: go on from its longest border
+                k = table[k - 1]
+            while k and char != stop[k]:
+                k = table[k - 1]
+            k += char == stop[k]
+            self.matched[i] = k
+            if k == len(stop) and (completed is None or k > len(completed)):
+                completed = stop
+        return completed
+
+    @property
+    def pending(self) -> int:
+        """The longest start of a stop that the text read ends with: what must be held back."""
+        return max(self.matched, default=0)
+
+
 class TextStream:
     """The text of a stream of ids, piece by piece, ended before the first stop sequence it completes.
 
     Text that could be the start of a stop sequence is held back until the ids after it show it is not one
     (it is released) or complete it (the stream ends there; the stop sequence is never released). Iterating
     gives the released pieces; ``finish`` ends the stream early (Ctrl+C) and releases what was held back.
+    Matching costs time in proportion to the text and the stops' total length, never their product.
     """
 
     def __init__(self, tokenizer: spm.SentencePieceProcessor, ids: Iterator[int], stop: Sequence[str] = ()):
-        if not all(stop):
-            raise ValueError("a stop sequence must not be empty")
         self._ids = ids
         self._detokenizer = Detokenizer(tokenizer)
-        self._stop = tuple(stop)
-        self._held = ""
+        self._matcher = StopMatcher(stop)
+        self._held: deque[str] = deque()  # the pieces of text held back, the first maybe cut
+        self._held_length = 0
         self._parts: list[str] = []
         self.tokens: list[int] = []  # every id read, the stop sequence's included
         self.stopped = False  # a stop sequence ended the text
@@ -66,21 +115,44 @@ class TextStream:
                 piece = self.finish()
             else:
                 self.tokens.append(token)
-                piece = self._release(self._held + self._detokenizer.push(token))
+                piece = self._release(self._detokenizer.push(token))
             if piece:
                 return piece
         raise StopIteration
 
-    def _release(self, text: str) -> str:
-        """What of ``text`` can be shown now: all of it before a stop sequence, else all but a stop's possible start."""
-        # (end, start) of each stop sequence's first occurrence: the one that ends first wins, the longest of a tie.
-        found = [(at + len(stop), at) for stop in self._stop if (at := text.find(stop)) >= 0]
-        if found:
-            self.done = self.stopped = True
-            shown, self._held = text[:min(found)[1]], ""
+    def _hold(self, text: str) -> None:
+        self._held.append(text)
+        self._held_length += len(text)
+
+    def _take(self, count: int) -> str:
+        """The first ``count`` characters held back, no longer held: each piece is taken once, so releasing
+        costs time in proportion to what is released, however much stays held."""
+        parts = []
+        while count:
+            part = self._held.popleft()
+            if len(part) > count:
+                self._held.appendleft(part[count:])
+                part = part[:count]
+            parts.append(part)
+            count -= len(part)
+            self._held_length -= len(part)
+        return "".join(parts)
+
+    def _release(self, piece: str) -> str:
+        """What can be shown now that ``piece`` follows the held text: all of it before the first stop sequence it
+        completes (the one that ends first, the longest of those), else all but a stop's possible start."""
+        for end, char in enumerate(piece, start=1):
+            stop = self._matcher.feed(char)
+            if stop is not None:
+                self._hold(piece[:end])
+                shown = self._take(self._held_length - len(stop))
+                self._held.clear()
+                self._held_length = 0
+                self.done = self.stopped = True
+                break
         else:
-            kept = max((n for stop in self._stop for n in range(1, len(stop)) if text.endswith(stop[:n])), default=0)
-            shown, self._held = text[:len(text) - kept], text[len(text) - kept:]
+            self._hold(piece)
+            shown = self._take(self._held_length - self._matcher.pending)
         self._parts.append(shown)
         return shown
 
@@ -89,7 +161,7 @@ class TextStream:
         if self.done:
             return ""
         self.done = True
-        shown, self._held = self._held, ""
+        shown = self._take(self._held_length)
         self._parts.append(shown)
         return shown
 

@@ -3,6 +3,8 @@ PyTorch path alike (both hand it numpy logits), so the same seed gives the same 
 
 Each step: the repetition penalty, then the UTF-8 guard (byte-fallback pieces only where they keep the bytes
 valid UTF-8), then temperature, top-k and top-p.
+
+Every sampling value, whatever gives it, is held to the bounds of ``sampling_bounds``.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-
-MAX_REPETITION_PENALTY = 10.0
 
 # What may follow a UTF-8 lead byte (Unicode's table 3-7: no overlong forms, no surrogates, nothing past
 # U+10FFFF): the second byte's range after these leads; every other continuation byte is in 0x80-0xBF.
@@ -27,7 +27,7 @@ class Sampling:
     temperature: float = 0.8  # 0 means greedy
     top_k: int = 40  # 0 means no top-k cut
     top_p: float = 0.95  # 1 means no nucleus cut
-    repetition_penalty: float = 1.0  # 1 means off; at most MAX_REPETITION_PENALTY
+    repetition_penalty: float = 1.0  # 1 means off
 
 
 @dataclass
