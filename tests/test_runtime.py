@@ -200,6 +200,19 @@ def test_a_bundle_is_written_whole_and_reads_back(tiny_bundle, tmp_path):
     assert os.listdir(tmp_path) == ["again"]
 
 
+def test_a_bundle_an_earlier_version_wrote_is_replaced_whole(tiny_bundle, tmp_path):
+    files = {name: (tiny_bundle / name).read_bytes() for name in bundle.FILES}
+    target = tmp_path / "format_1"
+    target.mkdir()
+    earlier = {"model.safetensors": b"weights", "config.json": b"{}", "generation.json": b"{}"}
+    for name, data in earlier.items():
+        (target / name).write_bytes(data)
+    (target / bundle.MANIFEST).write_text(json.dumps(
+        {"format": 1, "files": {name: {"sha256": "0" * 64, "size": len(data)} for name, data in earlier.items()}}))
+    bundle.write_bundle(target, files)
+    assert bundle.read_bundle(target).files == files and not (target / "generation.json").exists()
+
+
 def tree(directory: Path) -> dict[str, bytes | None]:
     """Every path under ``directory`` (itself included), with a file's bytes."""
     return {str(p.relative_to(directory.parent)): p.read_bytes() if p.is_file() else None

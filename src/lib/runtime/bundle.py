@@ -102,17 +102,34 @@ def replaceable(directory: Path | str) -> Path:
     except OSError as exc:
         raise BundleError(f"{given} cannot be used as a bundle's place ({exc.strerror or exc})") from None
     if entries:
-        try:
-            _read_manifest(target)
-        except BundleError:
+        listed = _earlier_bundles_files(target)
+        if listed is None:
             raise BundleError(f"{given} holds files that are not a bundle's ({', '.join(entries[:3])}"
                               f"{', ...' if len(entries) > 3 else ''}): a bundle replaces only an earlier bundle or "
-                              f"an empty directory") from None
-        others = [name for name in entries if name not in (*FILES, MANIFEST)]
+                              f"an empty directory")
+        others = [name for name in entries if name not in (*listed, MANIFEST)]
         if others:
             raise BundleError(f"{given} is a bundle with other files in it ({', '.join(others[:3])}): move them "
                               f"out first, writing the bundle again would delete them")
     return target
+
+
+def _earlier_bundles_files(directory: Path) -> list[str] | None:
+    """The files the manifest in ``directory`` lists, when it is a manifest of this runtime's format or of an
+    earlier one (a bundle an older version wrote is replaced like any other); None when there is none."""
+    try:
+        if (directory / MANIFEST).stat().st_size > MAX_HEADER_BYTES:
+            return None
+        manifest = json.loads((directory / MANIFEST).read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or sorted(manifest) != ["files", "format"]:
+        return None
+    version, listed = manifest["format"], manifest["files"]
+    if (not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION
+            or not isinstance(listed, dict) or not all(isinstance(name, str) for name in listed)):
+        return None
+    return list(listed)
 
 
 def write_bundle(directory: Path, files: dict[str, bytes]) -> None:
