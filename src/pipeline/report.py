@@ -141,11 +141,15 @@ def summary(seconds: int, output_dir: Path | None) -> list[str]:
                  (paths.TRAINING_METRICS, f"{len(train['epoch_history'])} epochs, every evaluation"),
                  (cfg.tokenizer_name.model, "the tokenizer"), (paths.BUNDLE_DIR, "the bundle, for a device")]
     if output_dir is not None:
+        # The contents only, not the mode: DVC leaves its outputs read-only (linked to its cache), the copies are the
+        # user's to change or replace on the next run.
         output_dir.mkdir(parents=True, exist_ok=True)
         for path, _ in artifacts:
-            copy = shutil.copytree if path.is_dir() else shutil.copy2
-            copy(path, output_dir / path.name, **({"dirs_exist_ok": True} if path.is_dir() else {}))
-        shutil.copy2(cfg.tokenizer_name.vocab, output_dir / cfg.tokenizer_name.vocab.name)
+            if path.is_dir():
+                shutil.copytree(path, output_dir / path.name, copy_function=shutil.copyfile, dirs_exist_ok=True)
+            else:
+                shutil.copyfile(path, output_dir / path.name)
+        shutil.copyfile(cfg.tokenizer_name.vocab, output_dir / cfg.tokenizer_name.vocab.name)
     shown = (lambda path: output_dir / path.name) if output_dir is not None else (lambda path: path)
     lines = ["✅ Training complete!", "📊 Final metrics:",
              f"   - Train loss: {last['train_loss']:.2f}",
