@@ -2,8 +2,9 @@
 
     python -m bench.recipes [--target 4.84] [--budget-s 300] [--json | --page docs/TIME_TO_QUALITY.md]
 
-Reads `dvc exp show --all-commits --json` and, for each experiment, its committed metrics/train_history.json (a row per
-evaluation: step, training seconds, validation loss) and metrics/train.json. "To target" is the first
+Reads `dvc exp show --all-commits --json` and, for each experiment, its committed metrics/eval_history.json (a row per
+evaluation: step, training seconds, validation loss; metrics/train_history.json in earlier versions) and
+metrics/train.json. "To target" is the first
 evaluation at or below ``--target``, so its precision is the run's train.eval_every_steps; seconds are
 training seconds (compilation included, evaluation excluded). ``--page`` writes the Markdown page, dated,
 with the machine and this command.
@@ -48,7 +49,9 @@ def committed_json(rev: str, path: str) -> Any:
 
 
 def summary(name: str, rev: str, params: dict, target: float, budget_s: float) -> dict[str, Any] | None:
-    history, train = committed_json(rev, "metrics/train_history.json"), committed_json(rev, "metrics/train.json")
+    # Each evaluation's row: metrics/eval_history.json, or, in versions before it, metrics/train_history.json.
+    history = committed_json(rev, "metrics/eval_history.json") or committed_json(rev, "metrics/train_history.json")
+    train = committed_json(rev, "metrics/train.json")
     if not history or not train or "seconds" not in history[0]:
         return None  # an experiment of a version without per-step history
     train = train.get("train", train)  # versions before the metrics were grouped by stage wrote them ungrouped

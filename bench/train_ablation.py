@@ -32,7 +32,7 @@ from bench.train_throughput import batches
 from src.config import load_config
 from src.model.transformer import ModelShape, TinyTransformer
 from src.training.allocator import keep_freed_memory
-from src.training import speed_choices
+from src.training import step
 from src.training.optimizers import make_optimizer
 from src.training.step import attention_kernel, precision_context
 
@@ -83,7 +83,7 @@ def time_variant(variant: Variant, shape: ModelShape, cfg, data: list[tuple], wa
     if variant.keep_freed_memory:
         keep_freed_memory()
     attention_precision = (contextlib.nullcontext() if variant.bf16_attention
-                           else mock.patch.object(speed_choices, "bf16_math_attention", contextlib.nullcontext))
+                           else mock.patch.object(step, "bf16_math_attention", contextlib.nullcontext))
     with attention_precision:
         for index, (inputs, targets) in enumerate(data):
             if index == warmup:

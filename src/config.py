@@ -448,10 +448,23 @@ class TrainConfig:
     min_lr_ratio: float = number("train.min_lr_ratio", float, 0, 1)
     decay_fraction: float = number("train.decay_fraction", float, 0, 1, lo_open=True)
     grad_clip: float = number("train.grad_clip", float, 0, 1000, lo_open=True)
+    # The budget: 0, `epochs` passes over the training text; N > 0, N optimizer steps (the schedule spans them,
+    # and the run may end within an epoch).
+    max_steps: int = number("train.max_steps", int, 0, 1_000_000_000)
     eval_batch_size: int = number("train.eval_batch_size", int, 1, 4096)
-    # Evaluate every this many optimizer steps as well as at each epoch's end (0: at epoch ends only).
+    # Evaluate every this many optimizer steps, at each epoch's end and at the run's end (0: at epoch ends).
     eval_every_steps: int = number("train.eval_every_steps", int, 0, 1_000_000)
-    checkpoint_every: int = number("train.checkpoint_every", int, 1, 10_000)
+    # What an evaluation scores: a fixed sample of this many tokens of the validation split, the same windows for
+    # every run (so its cost does not grow with the corpus and its loss stays comparable); 0, or more tokens than
+    # the split holds: all of it.
+    eval_tokens: int = number("train.eval_tokens", int, 0, 1_000_000_000)
+    # A training-loss row (metrics/train_history.json, the plots) every this many steps: it costs nothing.
+    log_every_steps: int = number("train.log_every_steps", int, 1, 1_000_000)
+    checkpoint_every: int = number("train.checkpoint_every", int, 1, 10_000)  # epochs between periodic checkpoints
+    # The resume point (data/checkpoints/last.pt) is written at each epoch's end, and also every this many steps
+    # and every this many minutes of training (0: not), within an epoch too.
+    checkpoint_every_steps: int = number("train.checkpoint_every_steps", int, 0, 1_000_000_000)
+    checkpoint_minutes: float = number("train.checkpoint_minutes", float, 0, 10_000)
     # bf16 autocast runs the matrix products in bfloat16 (weights and optimizer stay fp32); auto: the faster of
     # the two on this machine, measured once and cached (src/training/speed_choices.py).
     precision: str = choice("train.precision", "auto", "bf16", "fp32")
@@ -465,6 +478,9 @@ class TrainConfig:
     # (more than 1: the stage launches itself through torchrun, DDP over gloo on CPU, nccl on CUDA).
     device: str = choice("train.device", "auto", "cpu", "cuda")
     nproc: int = number("train.nproc", int, 1, 256)
+    # Machines the run spans (torchrun's static rendezvous): each runs train.nproc workers; on every machine
+    # TT_MASTER=host:port names machine 0's, and TT_NODE_RANK=0, 1, ... each one (docs/WORKFLOWS.md).
+    nnodes: int = number("train.nnodes", int, 1, 1024)
     # Threads of a single-process CPU training; 0: the cores shared by the trainings running at once
     # (src/training/threads.py), so that `dvc queue start -j N` does not oversubscribe the cores.
     threads: int = number("train.threads", int, 0, 1024)
@@ -472,9 +488,14 @@ class TrainConfig:
     plateau_loss: float = number("train.plateau_loss", float, 0, 100, lo_open=True)
 
     def __post_init__(self) -> None:
-        if self.batch_size % self.nproc:
+        if self.batch_size % (self.nproc * self.nnodes):
             raise ConfigError(f"'batch_size' = {self.batch_size} must split evenly over 'train.nproc' = "
-                              f"{self.nproc} workers (the batch is global: each worker trains on its share)")
+                              f"{self.nproc} workers on each of 'train.nnodes' = {self.nnodes} machines (the batch "
+                              f"is global: each worker trains on its share)")
+
+    @property
+    def workers(self) -> int:
+        return self.nproc * self.nnodes
 
 
 @dataclass(frozen=True)

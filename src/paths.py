@@ -34,7 +34,8 @@ FINAL_MODEL = DATA / "final_model.pt"
 TRAINING_METRICS = DATA / "training_metrics.json"
 TRAIN_METRICS = METRICS / "train.json"
 TRAIN_SPEED = METRICS / "train_speed.json"
-TRAIN_PLOT = METRICS / "train_history.json"
+TRAIN_PLOT = METRICS / "train_history.json"  # the training loss every train.log_every_steps steps
+EVAL_PLOT = METRICS / "eval_history.json"  # each evaluation
 
 BUNDLE_DIR = Path("dist") / "tinytransformer"
 

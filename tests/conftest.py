@@ -283,6 +283,7 @@ TINY_PARAMS = {
     "vocab_size": 1000, "epochs": 2, "batch_size": 64, "learning_rate": 0.003, "max_seq_length": 32,
     "model.n_layers": 2, "model.n_heads": 2, "model.d_model": 32, "model.d_ff": 64, "model.dropout": 0.0,
     "train.warmup_steps": 20, "train.compile": False, "train.checkpoint_every": 1, "train.eval_batch_size": 256,
+    "train.eval_every_steps": 0, "train.checkpoint_minutes": 0,
     "validate.sample_tokens": 24, "validate.warmup_tokens": 4,
 }
 
@@ -325,6 +326,14 @@ def poison_epoch_1(project: Path, tensor: str = "embed.weight", value: float = f
     return path
 
 
+def interrupt_training(project: Path) -> None:
+    """What a kill during the train stage of `dvc repro` leaves besides its checkpoints: DVC had removed the stage's
+    outputs before running it, and an unfinished run has no entry in DVC's run cache."""
+    for path in (paths.BEST_MODEL, paths.FINAL_MODEL, paths.TRAINING_METRICS):
+        (project / path).unlink(missing_ok=True)
+    shutil.rmtree(project / ".dvc" / "cache" / "runs", ignore_errors=True)
+
+
 @pytest.fixture
 def tiny_copy(tiny_pipeline: Path, tmp_path: Path) -> Path:
     """A private copy of ``tiny_pipeline`` that a test may change."""
@@ -348,8 +357,10 @@ VOCAB = 64
 MODEL = ModelConfig(n_layers=1, n_heads=2, d_model=16, d_ff=32, dropout=0.1, context_length=16)
 TRAIN = TrainConfig(epochs=3, batch_size=16, learning_rate=0.01, max_seq_length=16, seed=3, weight_decay=0.1,
                     optimizer="adamw", schedule="cosine", warmup_steps=5, min_lr_ratio=0.1, decay_fraction=0.2,
-                    grad_clip=1.0, eval_batch_size=32, eval_every_steps=0, checkpoint_every=1,
-                    precision="fp32", attention="math", compile=False, device="cpu", nproc=1, threads=0, plateau_loss=7.0)
+                    grad_clip=1.0, max_steps=0, eval_batch_size=32, eval_every_steps=0, eval_tokens=0,
+                    log_every_steps=5, checkpoint_every=1, checkpoint_every_steps=0, checkpoint_minutes=0,
+                    precision="fp32", attention="math", compile=False, device="cpu", nproc=1, nnodes=1, threads=0,
+                    plateau_loss=7.0)
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 crash or a user did to them (src/training/checkpointing.py, on the synthetic data of tests/conftest.py)."""
 
 import dataclasses
+import hashlib
+import json
 import logging
 import re
 import shutil
@@ -11,7 +13,7 @@ import torch
 
 from src.model.checkpoint import load_checkpoint, save_checkpoint
 from src.training.checkpointing import SAME_NUMERICS
-from tests.conftest import TRAIN, run
+from tests.conftest import MODEL, TRAIN, run
 
 
 @pytest.fixture
@@ -63,19 +65,20 @@ def test_a_lost_checkpoint_of_a_finished_run_is_rebuilt_from_another_of_its_epoc
     assert_finished_like(folder, finished)
 
 
-def test_when_no_checkpoint_holds_the_best_epoch_the_run_trains_it_again(synthetic_tokens, finished, tmp_path,
-                                                                        caplog):
-    """The newest checkpoints say epoch 2 was the best, and its checkpoints are gone: resume from epoch 1."""
+def test_when_no_checkpoint_holds_the_best_step_the_run_trains_it_again(synthetic_tokens, finished, tmp_path,
+                                                                       caplog):
+    """The newest checkpoints say epoch 2's end (step 46) was the best, and its checkpoints are gone: resume from
+    epoch 1's (step 23)."""
     folder = copy_of(finished, tmp_path)
     for name in ("best.pt", "checkpoint_epoch_2.pt"):
         (folder / name).unlink()
     for name in ("last.pt", "checkpoint_epoch_3.pt"):
         state = load_checkpoint(folder / name)
-        state["training_state"]["best_epoch"] = 2
+        state["training_state"].update(best_step=46, best_epoch=2.0)
         save_checkpoint(folder / name, state)
     with caplog.at_level(logging.WARNING):
         result = run(synthetic_tokens, folder)
-    assert "no checkpoint holds epoch 2, the best one: resuming from epoch 1" in caplog.text
+    assert "no checkpoint holds step 46, the best one: resuming from step 23" in caplog.text
     assert result.resumed_from_epoch == 1
     assert_finished_like(folder, finished)
 
@@ -117,12 +120,29 @@ def test_an_unreadable_checkpoint_is_set_aside(synthetic_tokens, tmp_path):
     assert (checkpoints / "set_aside" / "last.pt").read_bytes() == b"half a checkpoint"
 
 
+def params_digest_of_27c74df(train_cfg) -> str:
+    """The params digest 27c74df gave a run: its train params (evaluation interval included) but its bookkeeping."""
+    earlier = ("epochs", "batch_size", "learning_rate", "max_seq_length", "seed", "weight_decay", "optimizer",
+               "schedule", "warmup_steps", "min_lr_ratio", "decay_fraction", "grad_clip", "eval_batch_size",
+               "eval_every_steps", "precision", "attention")
+    shaping = {"model": dataclasses.asdict(MODEL), "train": {k: getattr(train_cfg, k) for k in earlier}}
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
+
+
 def legacy(folder, code_digest: str) -> None:
     """``folder`` as the version before the quickstart's names left it: periodic checkpoints named epoch_NNNN.pt,
-    every fingerprint's code digest ``code_digest`` (that version hashed all of its training code)."""
+    every fingerprint's code digest ``code_digest`` (that version hashed all of its training code), its params
+    digest of that version's params, and its progress in that version's form (the best as an epoch, no log rows,
+    the timings a list)."""
     for path in folder.glob("*.pt"):
         state = load_checkpoint(path)
         state["fingerprint"]["code"] = code_digest
+        state["fingerprint"]["params"] = params_digest_of_27c74df(TRAIN)
+        saved = state["training_state"]
+        state["training_state"] = {"epoch": saved["epoch"], "step": saved["step"], "history": saved["history"],
+                                   "best_epoch": int(saved["best_epoch"]),
+                                   "best_validation_loss": saved["best_validation_loss"]}
+        state["timings"] = state["timings"]["rows"]
         match = re.fullmatch(r"checkpoint_epoch_(\d+)\.pt", path.name)
         save_checkpoint(folder / (f"epoch_{int(match.group(1)):04d}.pt" if match else path.name), state)
         if match:
@@ -141,6 +161,8 @@ def test_a_run_of_the_version_before_the_rename_carries_on_where_it_stopped(synt
     assert sorted(p.name for p in folder.glob("checkpoint_epoch_*.pt")) == [
         "checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt", "checkpoint_epoch_3.pt"]
     assert_finished_like(folder, finished)
+    assert [row["validation_loss"] for row in result.state.history] == [
+        row["validation_loss"] for row in load_checkpoint(finished / "last.pt")["training_state"]["history"]]
 
 
 def test_a_checkpoint_of_other_training_code_is_set_aside(synthetic_tokens, finished, tmp_path):

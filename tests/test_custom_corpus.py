@@ -139,7 +139,6 @@ def test_source_names_and_locations(tmp_path):
 
 @pytest.mark.slow
 def test_three_languages_through_dvc_repro_and_an_edited_local_book_reruns_from_download(tiny_repo, book_server):
-    (tiny_repo.path / "books").mkdir()
     shutil.copy(FRENCH, tiny_repo.path / "books/notes_fr.txt")
     tiny_repo.set_params({"corpus.sources": three_languages(book_server.url), "names.corpus": "multilingual"})
     tiny_repo.run("git", "add", "books", "params.yaml")

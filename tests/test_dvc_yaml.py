@@ -44,7 +44,7 @@ OUTS = {
     "check_params": [paths.PARAMS_CHECKED],
     "download": [paths.RAW_DIR, CONFIG.corpus_name.file, paths.CORPUS_INDEX_FILE, paths.CORPUS_SOURCES, paths.LANGUAGES],
     "tokenize": [CONFIG.tokenizer_name.model, CONFIG.tokenizer_name.vocab, paths.TOKENS_DIR],
-    "train": [paths.BEST_MODEL, paths.FINAL_MODEL, paths.TRAINING_METRICS, paths.TRAIN_PLOT],
+    "train": [paths.BEST_MODEL, paths.FINAL_MODEL, paths.TRAINING_METRICS, paths.TRAIN_PLOT, paths.EVAL_PLOT],
     "bundle": [paths.BUNDLE_DIR],
     "validate": [paths.SAMPLES],
 }

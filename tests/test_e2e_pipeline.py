@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import poison_epoch_1, remove_checkpoints, stages_run
+from tests.conftest import interrupt_training, poison_epoch_1, remove_checkpoints, stages_run
 
 # Figures that depend on the machine's speed, not on what was computed.
 TIMING_KEYS = {"total_training_time", "tokens_per_sec", "seconds"}
@@ -111,8 +111,9 @@ def test_train_pipeline_sh_exit_codes_come_from_real_failures(tiny_repo, book_se
     assert json.loads((repo / "metrics/validate.json").read_text())["validate"]["budgets"]["rss_mb"]["passed"] is False
     tiny_repo.set_params({"validate.budgets.rss_mb": 64})
 
-    # A checkpoint whose weights went bad, resumed: the loss is NaN at once.
+    # A run killed during epoch 2, whose epoch-1 checkpoint has weights gone bad, resumed: the loss is NaN at once.
     poisoned = poison_epoch_1(repo)
+    interrupt_training(repo)
     done = pipeline(tiny_repo, "--skip-tokenizer", "--resume")
     assert done.returncode == 4 and "lower learning_rate" in done.stdout + done.stderr
     assert poisoned.is_file()

@@ -147,10 +147,11 @@ def test_a_part_file_left_by_a_crash_is_never_versioned(repo):
 
 # --- kill the train stage at every write; damage every file it leaves ---------------------------------------------
 
-# A 2-epoch run renames 14 files into place: train_history.json, best, epoch_0001, last (epoch 1); the same for
-# epoch 2; then best_model.pt, final_model.pt, training_metrics.json, train.json, train_speed.json,
-# train_history.json. (precision auto's verdict is cached by the first run of the session.)
-RENAMES = 14
+# A 2-epoch run renames 17 files into place: train_history.json, eval_history.json, best, checkpoint_epoch_1, last
+# (epoch 1); the same for epoch 2; then best_model.pt, final_model.pt, training_metrics.json, train.json,
+# train_speed.json, train_history.json, eval_history.json. (precision auto's verdict is cached by the first run of
+# the session.)
+RENAMES = 17
 
 
 def killed_by_sigkill(dvc_stderr: str) -> bool:
@@ -162,8 +163,8 @@ def killed_by_sigkill(dvc_stderr: str) -> bool:
 @pytest.mark.parametrize("when", ["before", "after"])
 @pytest.mark.parametrize("rename", range(1, RENAMES + 1))
 def test_a_kill_at_any_write_of_training_is_finished_or_redone_by_the_next_repro(finished_repo, repo, rename, when):
-    remove_checkpoints(repo.path)
-    killed = repo.dvc("repro", "train", check=False, env={**KILL_ENV, "TT_KILL_AT_RENAME": f"train:{rename}:{when}"})
+    remove_checkpoints(repo.path)  # a fresh run: --force, as the run cache holds this one
+    killed = repo.dvc("repro", "--force", "--single-item", "train", check=False, env={**KILL_ENV, "TT_KILL_AT_RENAME": f"train:{rename}:{when}"})
     assert killed.returncode != 0 and killed_by_sigkill(killed.stderr), killed.stdout + killed.stderr
     assert not up_to_date(repo, "train")
 

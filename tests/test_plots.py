@@ -40,8 +40,8 @@ def _load_tool():
 
 tool = _load_tool()
 
-# dvc.yaml's top-level plots; DVC also draws the train stage's plots output (metrics/train_history.json) on
-# its own, so a page has at least these and every chart on it must be drawn.
+# dvc.yaml's top-level plots; DVC also draws the train stage's plots outputs (metrics/train_history.json,
+# metrics/eval_history.json) on their own, so a page has at least these and every chart on it must be drawn.
 PLOTS = ("loss_by_step", "loss_by_time", "learning_rate")
 # DVC gives each revision a colour of its palette (and each field of a plot a dash pattern): `plots show` draws
 # in the first colour, `plots diff` of two commits in the first two.
@@ -77,27 +77,32 @@ def plots_project(project_repo, template):
     return project_repo
 
 
-def training_history(epochs: int, learning_rate: float, final_loss: float) -> list[dict]:
-    """What the train stage writes to metrics/train_history.json: losses falling towards ``final_loss``,
-    validation a little above training, the learning rate decaying on a cosine to a tenth."""
-    history = []
-    for epoch in range(1, epochs + 1):
-        train_loss = final_loss + 5.0 * math.exp(-0.4 * epoch)
-        decay = 0.5 * (1 + math.cos(math.pi * epoch / epochs))
-        history.append({
-            "step": 181 * epoch, "epoch": epoch, "tokens": 181 * 4096 * epoch, "seconds": 33.5 * epoch,
-            "train_loss": round(train_loss, 4),
-            "validation_loss": round(train_loss + 0.15 + 0.01 * epoch, 4),
-            "learning_rate": learning_rate * (0.1 + 0.9 * decay),
-        })
-    return history
+def training_history(epochs: int, learning_rate: float, final_loss: float) -> dict[str, list[dict]]:
+    """What the train stage writes to metrics/train_history.json (the training loss and learning rate every 10
+    steps, falling towards ``final_loss`` and decaying on a cosine to a tenth) and metrics/eval_history.json
+    (each evaluation, every 100 steps and at each epoch's end, a little above training)."""
+    steps_per_epoch, total = 181, 181 * epochs
+
+    def loss(step: int) -> float:
+        return final_loss + 5.0 * math.exp(-0.4 * step / steps_per_epoch)
+
+    logged = [{"step": step, "epoch": round(step / steps_per_epoch, 6), "tokens": 4096 * step,
+               "train_loss": round(loss(step), 4), "seconds": 0.185 * step,
+               "learning_rate": learning_rate * (0.1 + 0.45 * (1 + math.cos(math.pi * step / total))) }
+              for step in range(10, total + 1, 10)]
+    evaluated = [{"step": step, "epoch": round(step / steps_per_epoch, 6), "tokens": 4096 * step,
+                  "seconds": 0.185 * step, "validation_loss": round(loss(step) + 0.15 + 0.01 * step / 181, 4),
+                  "validation_bits_per_byte": round((loss(step) + 0.15) / 2.45, 4)}
+                 for step in sorted({*range(100, total + 1, 100), *range(steps_per_epoch, total + 1, steps_per_epoch)})]
+    return {"train_history.json": logged, "eval_history.json": evaluated}
 
 
-def commit_history(repo, history: list[dict], message: str) -> None:
-    path = repo.path / "metrics" / "train_history.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(history, indent=2) + "\n")
-    repo.run("git", "add", "metrics/train_history.json")
+def commit_history(repo, history: dict[str, list[dict]], message: str) -> None:
+    for name, rows in history.items():
+        path = repo.path / "metrics" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(rows, indent=2) + "\n")
+        repo.run("git", "add", f"metrics/{name}")
     repo.run("git", "commit", "-q", "-m", message)
 
 

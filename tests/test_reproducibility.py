@@ -51,9 +51,10 @@ def train_afresh(workdir: Path, cache: Path, env: dict | None = None):
 
 def outcome(workdir: Path):
     """The figures, the weights, and the exported models' bytes (the checkpoints also hold timings)."""
-    history = json.loads((workdir / "metrics/train_history.json").read_text())
+    history = [json.loads((workdir / f"metrics/{name}.json").read_text()) for name in ("train_history", "eval_history")]
     return (json.loads((workdir / "metrics/train.json").read_text())["train"],
-            [{key: value for key, value in row.items() if key != "seconds"} for row in history],  # seconds: timings
+            [[{key: value for key, value in row.items() if key != "seconds"} for row in rows]  # seconds: timings
+             for rows in history],
             {name: weights_sha256(workdir / name) for name in MODELS},
             {name: hashlib.sha256((workdir / name).read_bytes()).hexdigest() for name in EXPORTS})
 
@@ -93,3 +94,22 @@ def test_deterministic_algorithms_hold_only_while_training():
     with deterministic_algorithms():
         assert torch.are_deterministic_algorithms_enabled()
     assert torch.are_deterministic_algorithms_enabled() == before
+
+
+@pytest.mark.slow
+def test_a_step_budget_killed_within_an_epoch_resumes_to_the_same_weights(tokenized, tmp_path):
+    """A budget ending within epoch 2, the resume point every 10 steps: SIGKILL right after the second one (step
+    20, within epoch 1); the stage run again ends with the uninterrupted run's figures and weights, bit for bit."""
+    budget = {"train.max_steps": 45, "train.checkpoint_every_steps": 10, "train.eval_every_steps": 15,
+              "train.precision": "fp32", "train.compile": False}
+    write_params(tokenized, budget)
+    uninterrupted = train_afresh(tokenized, tmp_path / "cache")
+    assert uninterrupted[0]["steps"] == 45 and uninterrupted[0]["epochs"] < 2
+    remove_checkpoints(tokenized)
+    killed = run_module("src.pipeline.train", tokenized, env={"OMP_NUM_THREADS": "2", **KILL_ENV,
+                                                              "TT_KILL_AT_RENAME": "train:2:after"})
+    assert killed.returncode == -9, killed.stderr
+    assert torch.load(tokenized / "data/checkpoints/last.pt", weights_only=True)["training_state"]["step"] == 20
+    resumed = run_module("src.pipeline.train", tokenized, env={"OMP_NUM_THREADS": "2"})
+    assert resumed.returncode == 0 and "(step 20)" in resumed.stderr, resumed.stderr
+    assert outcome(tokenized) == uninterrupted

@@ -25,9 +25,10 @@ from typing import Callable
 
 import pytest
 
+from src import paths
 from tests.conftest import stages_run
 
-# What a fresh clone must get back: every stage's outputs, the corpus through the checkpoints.
+# What a fresh clone must get back: every stage's outputs, the corpus through the trained models.
 KEY_ARTIFACTS = ("data/raw/pg2000.txt", "data/corpus_bilingual.txt", "data/corpus_index.json", "data/bilingual_1k.model",
                  "data/bilingual_1k.vocab", "data/tokens/train.bin", "data/best_model.pt",
                  "data/final_model.pt", "data/training_metrics.json", "metrics/train.json", "metrics/validate.json",
@@ -36,14 +37,23 @@ PROMPT = "En un lugar"
 UP_TO_DATE = "Data and pipelines are up to date."
 
 
+def is_checkpoint(root: Path, path: Path) -> bool:
+    """A training run's checkpoints are its working state, kept by the machine that trains, not DVC outputs."""
+    relative = path.relative_to(root)
+    return (relative.is_relative_to(paths.CHECKPOINT_DIR)
+            or relative.match(str(paths.PERIODIC_DIR / paths.PERIODIC_CHECKPOINT.format(epoch="*"))))
+
+
+def shared_files(root: Path, *folders: str) -> list[Path]:
+    """The files under ``root/<folder>`` that travel through git or DVC: all but the checkpoints."""
+    return [path for folder in folders for path in sorted((root / folder).rglob("*"))
+            if path.is_file() and not is_checkpoint(root, path)]
+
+
 def sha256_files(root: Path, *folders: str) -> dict[str, str]:
-    """sha256 of every file under ``root/<folder>``, keyed by its path relative to ``root``."""
-    digests = {}
-    for folder in folders:
-        for path in sorted((root / folder).rglob("*")):
-            if path.is_file():
-                digests[path.relative_to(root).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return digests
+    """sha256 of every shared file under ``root/<folder>``, keyed by its path relative to ``root``."""
+    return {path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in shared_files(root, *folders)}
 
 
 def cache_objects(repo: Path) -> set[str]:
@@ -59,8 +69,8 @@ def data_objects(repo: Path) -> set[str]:
     objects a remote does not get: the run cache keeps copies of `cache: false` metrics, which travel by git.)
     """
     objects = set()
-    for path in (repo / "data").rglob("*"):
-        if path.is_file() and path.name != ".gitignore":  # data/.gitignore is DVC's note to git, tracked by git
+    for path in shared_files(repo, "data"):
+        if path.name != ".gitignore":  # data/.gitignore is DVC's note to git, tracked by git
             md5 = hashlib.md5(path.read_bytes()).hexdigest()
             objects.add(f"files/md5/{md5[:2]}/{md5[2:]}")
     return objects

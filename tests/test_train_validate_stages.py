@@ -24,13 +24,19 @@ def test_train_writes_the_models_and_metrics(tiny_pipeline):
     speed = json.loads((tiny_pipeline / paths.TRAIN_SPEED).read_text())["train_speed"]
     assert speed["seconds"] > 0 and speed["tokens_per_sec"] > 0
     seed_shape = json.loads((tiny_pipeline / paths.TRAINING_METRICS).read_text())
-    assert len(seed_shape["history"]) == TINY_PARAMS["epochs"]
-    assert {"train_loss", "validation_loss"} <= set(seed_shape["history"][0])
+    assert len(seed_shape["history"]) == TINY_PARAMS["epochs"]  # train.eval_every_steps 0: at epoch ends
+    assert [row["epoch"] for row in seed_shape["epoch_history"]] == [1, 2]
+    assert {"train_loss", "validation_loss", "epoch_seconds"} <= set(seed_shape["epoch_history"][0])
     assert "total_training_time" in seed_shape["final_metrics"]
-    plot = json.loads((tiny_pipeline / paths.TRAIN_PLOT).read_text())
-    assert [row["epoch"] for row in plot] == [1, 2] and set(plot[0]) == {
-        "step", "epoch", "tokens", "seconds", "train_loss", "validation_loss", "learning_rate"}
-    assert plot[1]["step"] == 2 * plot[0]["step"] and plot[1]["seconds"] > plot[0]["seconds"] > 0
+    evaluations = json.loads((tiny_pipeline / paths.EVAL_PLOT).read_text())
+    assert [row["epoch"] for row in evaluations] == [1, 2] and set(evaluations[0]) == {
+        "step", "epoch", "tokens", "seconds", "validation_loss", "validation_bits_per_byte"}
+    assert evaluations[1]["step"] == 2 * evaluations[0]["step"]
+    assert evaluations[1]["seconds"] > evaluations[0]["seconds"] > 0
+    logged = json.loads((tiny_pipeline / paths.TRAIN_PLOT).read_text())  # the training loss every 10 steps, and last
+    total = evaluations[1]["step"]
+    assert [row["step"] for row in logged] == sorted({*range(10, total + 1, 10), total})
+    assert set(logged[0]) == {"step", "epoch", "tokens", "seconds", "train_loss", "learning_rate"}
     best = torch.load(tiny_pipeline / paths.BEST_MODEL, weights_only=True)
     assert best["training_state"]["best_validation_loss"] == pytest.approx(train["best_validation_loss"], abs=1e-6)
     assert (tiny_pipeline / paths.FINAL_MODEL).is_file()

@@ -14,7 +14,8 @@ from src.model.transformer import ModelShape, TinyTransformer
 from src.training.optimizers import make_optimizer
 from src.training.schedule import make_scheduler
 from src.training.step import make_train_step
-from src.training.trainer import TrainingDiverged, evaluate, measure_compile
+from src.training.checkpointing import RunCheckpoints
+from src.training.trainer import TrainingDiverged, evaluate, history_with_seconds, measure_compile, train
 from tests.conftest import MODEL, TRAIN, VOCAB, run
 
 
@@ -51,7 +52,8 @@ def test_resuming_from_any_checkpoint_ends_where_an_uninterrupted_run_ends(synth
     resumed = run(synthetic_tokens, resumed_dir, cfg)
     assert resumed.resumed_from_epoch == 1
     assert resumed.state == uninterrupted.state  # every computed figure; timings are kept apart
-    assert len(resumed.timings) == len(uninterrupted.timings) == len(uninterrupted.state.history)
+    assert len(resumed.timings.rows) == len(uninterrupted.timings.rows) == len(uninterrupted.state.history)
+    assert len(resumed.timings.log_seconds) == len(uninterrupted.state.log)
     a, b = load_checkpoint(uninterrupted.last_checkpoint), load_checkpoint(resumed.last_checkpoint)
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
@@ -105,6 +107,31 @@ def test_bits_per_byte_per_language_scores_each_book_with_its_own_tokens_and_byt
     assert result.bits_per_byte == pytest.approx(losses.double().sum().item() / (np.log(2) * 2400), rel=1e-6)
 
 
+def test_a_token_budget_scores_the_same_sample_of_windows_in_every_run_whatever_its_seed(tmp_path):
+    """Its cost does not grow with the split; a book's bytes are its share of the targets scored."""
+    rng = np.random.default_rng(2)
+    ids = rng.integers(4, VOCAB, 5000).astype(np.uint16)
+    books = (BookTokens("a", "en", 3000, 9000), BookTokens("b", "fr", 2000, 8000))
+    write_token_dataset(tmp_path, {"validation": (ids, SplitStats(5000, 17000, books))})
+    split = TokenSplit(tmp_path, "validation")
+    windows = split.evaluation_windows(16, 800)
+    assert len(windows) == 50 and list(windows) == sorted(windows) and np.all(windows % 16 == 0)
+    torch.manual_seed(123)  # a run's seed does not choose the sample
+    assert np.array_equal(split.evaluation_windows(16, 800), windows)
+    assert sum(t.numel() for _, t, _ in split.evaluation_batches(16, 8, 800)) == 800
+    assert np.array_equal(split.evaluation_windows(16, 10**6), split.evaluation_windows(16))  # the split fits: all
+    torch.manual_seed(0)
+    model = TinyTransformer(ModelShape.from_config(MODEL, VOCAB))
+    result = evaluate(model, split, 16, 8, "fp32", max_tokens=800)
+    model.eval()
+    scored = [(model.token_losses(x, y).flatten(), b.flatten()) for x, y, b in split.evaluation_batches(16, 8, 800)]
+    losses, book_of = torch.cat([loss for loss, _ in scored]), torch.cat([b for _, b in scored])
+    share = {"en": (book_of == 0).sum().item() / 2999, "fr": (book_of == 1).sum().item() / 2000}
+    assert result.loss == pytest.approx(losses.double().mean().item(), rel=1e-6)
+    assert result.bits_per_byte_by_language["fr"] == pytest.approx(
+        losses[book_of == 1].double().sum().item() / (np.log(2) * 8000 * share["fr"]), rel=1e-6)
+
+
 def attention_kernels(run_step) -> set[str]:
     """The SDPA kernels, by their ATen names, that ``run_step()`` calls."""
     with profile() as prof:
@@ -129,22 +156,87 @@ def test_the_training_step_runs_its_chosen_attention_kernel_and_the_model_keeps_
     assert attention_kernels(lambda: model.loss(inputs, inputs).backward()) == {flash, flash + "_backward"}
 
 
-def test_evaluation_every_n_steps_adds_rows_and_hands_the_history_over_each_time(synthetic_tokens, tmp_path):
-    steps_per_epoch = (6000 - 1) // 16 // TRAIN.batch_size  # 23
+STEPS_PER_EPOCH = (6000 - 1) // 16 // TRAIN.batch_size  # 23, on the synthetic tokens
+
+
+def test_evaluation_every_n_steps_adds_rows_and_hands_the_state_over_each_time(synthetic_tokens, tmp_path):
     handed = []
     result = run(synthetic_tokens, tmp_path / "ckpt", dataclasses.replace(TRAIN, eval_every_steps=10),
-                 on_evaluation=handed.append)
+                 on_evaluation=lambda state, timings: handed.append(history_with_seconds(state.history, timings.rows)))
     history = result.state.history
-    expected_steps = sorted({*range(10, 3 * steps_per_epoch + 1, 10), *(e * steps_per_epoch for e in (1, 2, 3))})
+    expected_steps = sorted({*range(10, 3 * STEPS_PER_EPOCH + 1, 10), *(e * STEPS_PER_EPOCH for e in (1, 2, 3))})
     assert [row["step"] for row in history] == expected_steps
-    assert [row["epoch"] for row in history if row["step"] % steps_per_epoch == 0] == [1, 2, 3]
+    assert [row["epoch"] for row in history if row["step"] % STEPS_PER_EPOCH == 0] == [1, 2, 3]
     assert all(row["tokens"] == row["step"] * TRAIN.batch_size * 16 for row in history)
     assert len(handed) == len(history) and [len(h) for h in handed] == list(range(1, len(history) + 1))
     seconds = [row["seconds"] for row in handed[-1]]
     assert all(0 < a < b for a, b in zip(seconds, seconds[1:]))
-    assert result.state.best_epoch in (1, 2, 3)
+    best = min(history, key=lambda row: row["validation_loss"])
+    assert (result.state.best_step, result.state.best_epoch) == (best["step"], best["epoch"])
+    assert load_checkpoint(result.best_checkpoint)["training_state"]["step"] == best["step"]
+    # Evaluating and checkpointing are timed apart from training.
+    assert result.timings.evaluation_seconds > 0 and result.timings.checkpoint_seconds > 0
 
 
+def test_the_training_loss_is_recorded_every_few_steps(synthetic_tokens, tmp_path):
+    result = run(synthetic_tokens, tmp_path / "ckpt", dataclasses.replace(TRAIN, log_every_steps=4))
+    log = result.state.log
+    assert [row["step"] for row in log] == [*range(4, 3 * STEPS_PER_EPOCH + 1, 4), 3 * STEPS_PER_EPOCH]
+    assert all(np.isfinite(row["train_loss"]) and row["learning_rate"] > 0 for row in log)
+    assert len(result.timings.log_seconds) == len(log) and sorted(result.timings.log_seconds) == result.timings.log_seconds
+
+
+def test_a_step_budget_ends_the_run_within_an_epoch_and_the_schedule_spans_it(synthetic_tokens, tmp_path):
+    budget = STEPS_PER_EPOCH + 9
+    result = run(synthetic_tokens, tmp_path / "ckpt", dataclasses.replace(TRAIN, max_steps=budget, epochs=1))
+    state = result.state
+    assert (state.step, state.epoch) == (budget, 1)
+    assert [row["step"] for row in state.history] == [STEPS_PER_EPOCH, budget]
+    assert state.history[-1]["epoch"] == pytest.approx(budget / STEPS_PER_EPOCH, abs=1e-6)
+    assert state.history[-1]["learning_rate"] == pytest.approx(TRAIN.learning_rate * TRAIN.min_lr_ratio)  # decayed
+    assert load_checkpoint(result.last_checkpoint)["training_state"]["step"] == budget
+
+
+class Crash(Exception):
+    """Stands in for a kill: raised by the evaluation hook, after the checkpoints of the steps before."""
+
+
+@pytest.mark.parametrize("crash_at", [15, 30, 45])  # within epoch 1, epoch 2 (a step after its start), epoch 2
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_a_run_killed_within_an_epoch_resumes_to_the_uninterrupted_runs_weights(synthetic_tokens, tmp_path, crash_at,
+                                                                                 dropout):
+    """Checkpoints every 5 steps; the run dies at an evaluation, so its resume point is 5 steps back, mid-epoch.
+    Resumed, it ends with the uninterrupted run's state (every row) and weights, bit for bit."""
+    cfg = dataclasses.replace(TRAIN, eval_every_steps=5, checkpoint_every_steps=5, log_every_steps=3)
+    model = dataclasses.replace(MODEL, dropout=dropout)
+    uninterrupted = train(model, cfg, vocab_size=VOCAB, tokens_dir=synthetic_tokens[0],
+                          tokenizer_file=synthetic_tokens[1], checkpoint_dir=tmp_path / "full")
+
+    def crash(state, timings):
+        if state.step == crash_at:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(model, cfg, vocab_size=VOCAB, tokens_dir=synthetic_tokens[0], tokenizer_file=synthetic_tokens[1],
+              checkpoint_dir=tmp_path / "killed", on_evaluation=crash)
+    assert load_checkpoint(tmp_path / "killed" / "last.pt")["training_state"]["step"] == crash_at - 5
+    resumed = train(model, cfg, vocab_size=VOCAB, tokens_dir=synthetic_tokens[0], tokenizer_file=synthetic_tokens[1],
+                    checkpoint_dir=tmp_path / "killed")
+    assert resumed.resumed_from_step == crash_at - 5 and resumed.state == uninterrupted.state
+    a, b = load_checkpoint(uninterrupted.last_checkpoint), load_checkpoint(resumed.last_checkpoint)
+    assert all(torch.equal(tensor, b["model"][name]) for name, tensor in a["model"].items())
+
+
+def test_checkpoints_by_the_minute_are_written_within_an_epoch(synthetic_tokens, tmp_path, monkeypatch):
+    """A clock that jumps a minute per step: with checkpoint_minutes 1, every step writes the resume point."""
+    written = []
+    real_save = RunCheckpoints.save
+    monkeypatch.setattr(RunCheckpoints, "save", lambda self, name, step, state: (written.append((name, step)),
+                                                                                  real_save(self, name, step, state)))
+    ticks = iter(range(0, 10**6, 60))
+    monkeypatch.setattr("src.training.trainer.time.monotonic", lambda: next(ticks))
+    run(synthetic_tokens, tmp_path / "ckpt", dataclasses.replace(TRAIN, epochs=1, checkpoint_minutes=1))
+    assert [step for name, step in written if name == "last.pt"] == list(range(1, STEPS_PER_EPOCH + 1))
 
 
 def test_measure_compile_times_the_compilation_and_both_steps():

@@ -17,6 +17,7 @@ import torch
 from src.paths import not_found
 
 TOKEN_DTYPE = np.uint16
+EVALUATION_SEED = 0  # of the sample of windows an evaluation scores under a token budget (not the run's seed)
 
 
 class TokenDataError(ValueError):
@@ -69,8 +70,9 @@ class TokenSplit:
     def batches_per_epoch(self, length: int, batch_size: int) -> int:
         return self.windows_per_epoch(length) // batch_size
 
-    def epoch_batches(self, length: int, batch_size: int, generator: torch.Generator):
-        """One epoch: the windows of ``length`` (+1 target) tokens from a random offset, shuffled, in full batches.
+    def epoch_batches(self, length: int, batch_size: int, generator: torch.Generator, start: int = 0):
+        """One epoch: the windows of ``length`` (+1 target) tokens from a random offset, shuffled, in full batches,
+        from batch ``start`` on (a run resumed within the epoch: the same order, its first batches skipped).
 
         Yields (inputs, targets) int64 tensors of shape (B, T). The fewer than B windows left over sit
         this epoch out (the next epoch's shuffle leaves out others): every batch has the same shape, so
@@ -81,31 +83,51 @@ class TokenSplit:
         offset = int(torch.randint(0, spare + 1, (1,), generator=generator))
         order = torch.randperm(n_windows, generator=generator).numpy()
         window_index = np.arange(length + 1)
-        for first in range(0, self.batches_per_epoch(length, batch_size) * batch_size, batch_size):
+        for first in range(start * batch_size, self.batches_per_epoch(length, batch_size) * batch_size, batch_size):
             starts = offset + order[first:first + batch_size] * length
             block = torch.from_numpy(self.ids[starts[:, None] + window_index].astype(np.int64))
             yield block[:, :-1], block[:, 1:]
 
-    def book_of_tokens(self) -> torch.Tensor:
-        """(len,) the index in ``stats.books`` of the book each token belongs to (all 0 when none are recorded)."""
+    def book_ends(self) -> np.ndarray:
+        """(books,) the position after each book's last token (one book spanning the split when none are recorded)."""
         if not self.stats.books:
-            return torch.zeros(len(self.ids), dtype=torch.int64)
-        counts = torch.tensor([book.tokens for book in self.stats.books])
-        return torch.repeat_interleave(torch.arange(len(counts)), counts)
+            return np.array([len(self.ids)])
+        return np.cumsum([book.tokens for book in self.stats.books])
 
-    def evaluation_batches(self, length: int, batch_size: int):
-        """Fixed, non-overlapping windows covering every token once as a target; the last may be short.
+    def evaluation_windows(self, length: int, max_tokens: int = 0) -> np.ndarray:
+        """The start of each window an evaluation scores: every non-overlapping window from the start (the last may
+        be short), or, when ``max_tokens`` is less than the split, a fixed sample of ``max_tokens // length`` full
+        windows, in order. The sample depends on the split and the budget alone, never on a run's seed: every run
+        scores the same tokens."""
+        starts = np.arange(0, max(len(self.ids) - 1, 0), length)
+        full = (len(self.ids) - 1) // length
+        if not max_tokens or max_tokens >= len(self.ids) - 1 or full == 0:
+            return starts
+        chosen = torch.randperm(full, generator=torch.Generator().manual_seed(EVALUATION_SEED))
+        return np.sort(starts[chosen[:max(max_tokens // length, 1)].numpy()])
 
-        Yields (inputs, targets, books) of shape (B, T): ``books`` is the book index of each target.
+    def evaluation_batches(self, length: int, batch_size: int, max_tokens: int = 0):
+        """The windows of ``evaluation_windows``, ``batch_size`` full ones at a time, then the short one if any.
+
+        Yields (inputs, targets, books) int64 tensors of shape (B, T): ``books`` is the book index of each target.
+        Only the windows' tokens are read: memory does not grow with the split.
         """
-        ids = torch.from_numpy(np.asarray(self.ids, dtype=np.int64))
-        book_of = self.book_of_tokens()
-        starts = list(range(0, len(ids) - 1, length))
-        full = [s for s in starts if s + length + 1 <= len(ids)]
+        starts = self.evaluation_windows(length, max_tokens)
+        ends = self.book_ends()
+        full = starts[starts + length + 1 <= len(self.ids)]
         for first in range(0, len(full), batch_size):
-            chunk = full[first:first + batch_size]
-            block = torch.stack([ids[s:s + length + 1] for s in chunk])
-            yield block[:, :-1], block[:, 1:], torch.stack([book_of[s + 1:s + length + 1] for s in chunk])
+            positions = full[first:first + batch_size, None] + np.arange(length + 1)
+            yield self._window_tensors(positions, ends)
         if len(full) < len(starts):
-            tail = ids[starts[-1]:]
-            yield tail[None, :-1], tail[None, 1:], book_of[starts[-1] + 1:][None]
+            yield self._window_tensors(np.arange(starts[-1], len(self.ids))[None], ends)
+
+    def _window_tensors(self, positions: np.ndarray, ends: np.ndarray):
+        block = torch.from_numpy(self.ids[positions].astype(np.int64))
+        books = torch.from_numpy(np.searchsorted(ends, positions[:, 1:], side="right").astype(np.int64))
+        return block[:, :-1], block[:, 1:], books
+
+    def targets_per_book(self) -> np.ndarray:
+        """(books,) how many targets of the whole split each book holds (the split's first token is none)."""
+        counts = np.diff(self.book_ends(), prepend=0)
+        counts[0] -= 1
+        return counts

@@ -82,7 +82,7 @@ def model_card(config: dict[str, Any], metrics: dict[str, Any], provenance: dict
                       f"`{b['sha256'][:12]}` |" for b in provenance["books"]) or "| (not recorded) | | | | |"
     loss, bits = metrics["validation_loss"], metrics["validation_bits_per_byte"]
     figures = (f"- validation loss **{loss:.4f}** nats per token, **{bits:.4f}** bits per byte, after "
-               f"{metrics['best_epoch']} of {metrics['epochs']} epochs" if loss is not None and bits is not None
+               f"{metrics['best_epoch']:g} of {metrics['epochs']:g} epochs" if loss is not None and bits is not None
                else "- validation figures: not recorded with this bundle")
     bits_by_language = metrics.get("bits_per_byte_by_language") or {}
     per_language = "\n".join(

@@ -31,7 +31,7 @@ PHASES = {"download": "[2/4] 📖 Downloading corpus...", "tokenize": "[3/4] �
           "validate": f"{INDENT}🔍 Validating the bundle..."}
 _RUNNING = re.compile(r"^Running stage '(\w+)'")
 _SKIPPED = re.compile(r"^Stage '(\w+)' (?:didn't change|is cached)")
-_EPOCH = re.compile(r"^train: epoch (\d+)/(\d+): train loss ([\d.]+|nan|inf), validation loss ([\d.]+|nan|inf) "
+_EPOCH = re.compile(r"^train: epoch (\d+)/([\d.]+): train loss ([\d.]+|nan|inf), validation loss ([\d.]+|nan|inf) "
                     r".*, ([\d.]+)s of training$")
 _RESUMING = re.compile(r"^train: resuming after epoch (\d+)")
 _LOUD = re.compile(r"\b(error|warning|WARNING|ERROR|Traceback|interrupted|terminated)\b")

@@ -7,7 +7,9 @@ data, tokenizer, params and code. Set TT_TRAIN_FRESH=1 to set existing checkpoin
 
 With ``train.nproc`` > 1 the stage launches itself through torchrun (DDP); a worker's exit code is the
 stage's. Started by torchrun directly (``torchrun --nproc_per_node=N -m src.pipeline.train``) it works
-the same.
+the same. With ``train.nnodes`` > 1 it runs on that many machines: `dvc repro` on machine 0 (the one that
+writes the outputs), `python -m src.pipeline.train` on the others, each with TT_MASTER=host:port and its
+TT_NODE_RANK (docs/WORKFLOWS.md).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from src import paths
@@ -29,7 +32,8 @@ from src.pipeline.stage import PrerequisiteError, missing_input, run_stage, stag
 from src.training.allocator import keep_freed_memory
 from src.training.distributed import Workers, join, leave, single_process
 from src.training.threads import SharedCores
-from src.training.trainer import TrainingDiverged, TrainingResult, history_with_seconds, train
+from src.training.trainer import (TrainingDiverged, TrainingResult, TrainingState, Timings, epoch_rows,
+                                  history_with_seconds, train)
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +50,8 @@ def run_train(model_cfg: ModelConfig, train_cfg: TrainConfig, tokenizer_name: To
     # A single CPU process shares the cores with the trainings running beside it (DDP workers get torchrun's).
     cores = SharedCores(train_cfg.threads) if workers.world_size == 1 and workers.device.type == "cpu" else None
 
-    def evaluated(rows: list[dict]) -> None:
-        write_plot(rows)
+    def evaluated(state: TrainingState, timings: Timings) -> None:
+        write_plots(state, timings)
         if cores is not None:
             cores.rebalance()
 
@@ -69,67 +73,59 @@ def write_outputs(result: TrainingResult) -> None:
 
     metrics/train.json holds what the run computed and what it ran on (``train.*`` in `dvc exp show`): two runs
     of one commit on one machine write it identically. How long they took goes to metrics/train_speed.json
-    (``train_speed.*``). data/training_metrics.json is the quickstart's form (``epoch_history``, a row per epoch,
+    (``train_speed.*``: training seconds, and apart from them the seconds spent evaluating and checkpointing). data/training_metrics.json is the quickstart's form (``epoch_history``, a row per epoch,
     and ``final_metrics``) with every evaluation besides (``history``).
     """
     export_model(result.best_checkpoint, paths.BEST_MODEL)
     export_model(result.last_checkpoint, paths.FINAL_MODEL)
-    state = result.state
+    state, timings = result.state, result.timings
     history = state.history
     last = history[-1]
-    total_seconds = sum(t["seconds"] for t in result.timings)
-    tokens_per_sec = sum(t["tokens_per_sec"] * t["seconds"] for t in result.timings) / total_seconds
-    best = next(h for h in history if h["epoch"] == state.best_epoch)
+    total_seconds = timings.seconds
+    tokens_per_sec = sum(t["tokens_per_sec"] * t["seconds"] for t in timings.rows) / total_seconds
+    best = next(row for row in history if row["step"] == state.best_step)
     rows = [{**row, "tokens_per_sec": t["tokens_per_sec"]}
-            for row, t in zip(history_with_seconds(history, result.timings), result.timings)]
+            for row, t in zip(history_with_seconds(history, timings.rows), timings.rows)]
     epochs = epoch_rows(rows)
     results = {
-        "epochs": state.epoch,
+        "epochs": state.epoch if state.step % result.steps_per_epoch == 0 else round(last["epoch"], 6),
         "steps": state.step,
-        "final_train_loss": epochs[-1]["train_loss"],
+        "final_train_loss": (epochs[-1] if epochs and epochs[-1]["step"] == state.step else last)["train_loss"],
         "final_validation_loss": last["validation_loss"],
         "best_validation_loss": state.best_validation_loss,
-        "best_epoch": state.best_epoch,
+        "best_epoch": best["epoch"],
+        "best_step": state.best_step,
         "best_validation_bits_per_byte": best["validation_bits_per_byte"],
         "final_validation_bits_per_byte": last["validation_bits_per_byte"],
         "best_bits_per_byte_by_language": best["validation_bits_per_byte_by_language"],
         "parameters": result.parameters,
     }
-    speed = {"seconds": total_seconds, "tokens_per_sec": tokens_per_sec}
+    speed = {"seconds": total_seconds, "tokens_per_sec": tokens_per_sec,
+             "evaluation_seconds": timings.evaluation_seconds, "checkpoint_seconds": timings.checkpoint_seconds}
     write_json(paths.TRAINING_METRICS, {"epoch_history": epochs, "history": rows,
                                         "final_metrics": {**results, "total_training_time": total_seconds,
                                                           "tokens_per_sec": tokens_per_sec},
                                         "environment": result.environment})
     write_json(paths.TRAIN_METRICS, {"train": {**rounded(results), "environment": result.environment}})
     write_json(paths.TRAIN_SPEED, {"train_speed": rounded(speed)})
-    write_plot(rows)
-    log.info("done: %d epochs, best validation loss %.4f (epoch %d), final %.4f, %.0f s, %.0f tokens/s",
-             state.epoch, state.best_validation_loss, state.best_epoch, last["validation_loss"],
+    write_plots(state, timings)
+    log.info("done: %s epochs (%d steps), best validation loss %.4f (step %d), final %.4f, %.0f s, %.0f tokens/s",
+             results["epochs"], state.step, state.best_validation_loss, state.best_step, last["validation_loss"],
              total_seconds, tokens_per_sec)
 
 
-def epoch_rows(rows: list[dict]) -> list[dict]:
-    """A row per epoch: its end's evaluation row, with the epoch's mean training loss (each evaluation's rows
-    weighted by the tokens they cover) and its training seconds (``epoch_seconds``)."""
-    epochs: list[dict] = []
-    loss_sum, tokens, covered_before, seconds_before = 0.0, 0, 0, 0.0
-    for row in rows:
-        covered = row["tokens"] - covered_before
-        loss_sum, tokens, covered_before = loss_sum + row["train_loss"] * covered, tokens + covered, row["tokens"]
-        if float(row["epoch"]).is_integer():
-            epochs.append({**row, "epoch": int(row["epoch"]), "train_loss": loss_sum / tokens,
-                           "epoch_seconds": row["seconds"] - seconds_before})
-            loss_sum, tokens, seconds_before = 0.0, 0, row["seconds"]
-    return epochs
+def write_plots(state: TrainingState, timings: Timings) -> None:
+    """The data of `dvc plots`, rewritten whole (atomically) after every evaluation, so the plots show a run while
+    it trains: metrics/train_history.json, the training loss and learning rate every train.log_every_steps steps,
+    and metrics/eval_history.json, each evaluation."""
+    write_json(paths.TRAIN_PLOT, [{**{key: row[key] for key in LOG_KEYS}, "seconds": seconds}
+                                  for row, seconds in zip(state.log, timings.log_seconds)])
+    write_json(paths.EVAL_PLOT, [{key: row[key] for key in EVAL_KEYS}
+                                 for row in history_with_seconds(state.history, timings.rows)])
 
 
-def write_plot(rows: list[dict]) -> None:
-    """metrics/train_history.json, the data of `dvc plots`: rewritten whole (atomically) after every evaluation,
-    so the plots show a run while it trains."""
-    write_json(paths.TRAIN_PLOT, [{key: row[key] for key in PLOT_KEYS} for row in rows])
-
-
-PLOT_KEYS = ("step", "epoch", "tokens", "seconds", "train_loss", "validation_loss", "learning_rate")
+LOG_KEYS = ("step", "epoch", "tokens", "train_loss", "learning_rate")
+EVAL_KEYS = ("step", "epoch", "tokens", "seconds", "validation_loss", "validation_bits_per_byte")
 
 
 def rounded(values: dict) -> dict:
@@ -137,16 +133,34 @@ def rounded(values: dict) -> dict:
             for k, v in values.items()}
 
 
-def launch_workers(nproc: int, argv: list[str]) -> None:
-    """Run this stage in ``nproc`` worker processes through torchrun; exit with a failed worker's code."""
+MASTER_ENV, NODE_RANK_ENV = "TT_MASTER", "TT_NODE_RANK"
+
+
+def torchrun_arguments(cfg: TrainConfig, environ: Mapping[str, str]) -> list[str]:
+    """How torchrun starts this machine's workers: alone (``--standalone``), or as machine TT_NODE_RANK of
+    ``train.nnodes`` meeting at TT_MASTER=host:port (a static rendezvous: each machine's ranks are fixed, so two
+    runs of one topology compute the same)."""
+    if cfg.nnodes == 1:
+        return ["--standalone", f"--nproc_per_node={cfg.nproc}"]
+    master, rank = environ.get(MASTER_ENV, ""), environ.get(NODE_RANK_ENV, "")
+    host, _, port = master.rpartition(":")
+    if not host or not port.isdigit() or not rank.isdigit() or int(rank) >= cfg.nnodes:
+        raise PrerequisiteError(f"'train.nnodes' = {cfg.nnodes}: set {MASTER_ENV}=host:port (machine 0's address and "
+                                f"a free port) and {NODE_RANK_ENV}=0..{cfg.nnodes - 1} (0 on the machine that runs "
+                                f"`dvc repro`) on every machine, got {MASTER_ENV}={master!r} {NODE_RANK_ENV}={rank!r}")
+    return [f"--nnodes={cfg.nnodes}", f"--node_rank={rank}", f"--nproc_per_node={cfg.nproc}",
+            f"--master_addr={host.strip('[]')}", f"--master_port={port}"]
+
+
+def launch_workers(cfg: TrainConfig, argv: list[str]) -> None:
+    """Run this stage in this machine's worker processes through torchrun; exit with a failed worker's code."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    log.info("launching %d workers through torchrun", nproc)
-    launch = get_args_parser().parse_args(
-        ["--standalone", f"--nproc_per_node={nproc}", "--module", "src.pipeline.train", *argv])
+    launch = torchrun_arguments(cfg, os.environ)
+    log.info("launching %d workers through torchrun (%s)", cfg.nproc, " ".join(launch))
     try:
-        run(launch)
+        run(get_args_parser().parse_args([*launch, "--module", "src.pipeline.train", *argv]))
     except ChildFailedError as exc:
         codes = [failure.exitcode for failure in exc.failures.values() if failure.exitcode > 0]
         sys.exit(codes[0] if codes else ExitCode.TRAINING)
@@ -159,8 +173,8 @@ def main() -> None:
     def body() -> None:
         cfg = load_config(args.params)
         keep_freed_memory()
-        if cfg.train.nproc > 1 and "WORLD_SIZE" not in os.environ:
-            launch_workers(cfg.train.nproc, ["--params", str(args.params)])
+        if cfg.train.workers > 1 and "WORLD_SIZE" not in os.environ:
+            launch_workers(cfg.train, ["--params", str(args.params)])
         workers = join(cfg.train.device)
         if not workers.is_main:
             logging.getLogger().setLevel(logging.WARNING)  # one worker speaks for all

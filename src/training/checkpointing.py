@@ -1,15 +1,16 @@
 """The checkpoints of one training run: what produced them, where to resume, what to write, what a finished run leaves.
 
-The run's folder holds ``last.pt`` (the newest state) and ``best.pt`` (the state after the epoch with the
-lowest validation loss); every ``train.checkpoint_every`` epochs a periodic ``checkpoint_epoch_E.pt`` goes to
-its own folder (the pipeline's: data/, the quickstart's names). After epoch E they are written in that order:
-best (if E improved), checkpoint_epoch_E, last. Two checkpoints of one recipe at one epoch hold the same state,
-so whichever survives a crash serves for any of them.
+The run's folder holds ``last.pt`` (the resume point: written at each epoch's end, at the run's end, and every
+``train.checkpoint_every_steps`` steps or ``train.checkpoint_minutes`` minutes within an epoch too) and
+``best.pt`` (the state at the evaluation with the lowest validation loss); every ``train.checkpoint_every``
+epochs a periodic ``checkpoint_epoch_E.pt`` goes to its own folder (the pipeline's: data/, the quickstart's
+names). At one step they are written in that order: best, periodic, last. Two checkpoints of one recipe at one
+step hold the same state, so whichever survives a crash serves for any of them.
 
 The invariant a finished run leaves, and that every run restores before it returns: ``last.pt`` holds
-the final epoch and ``best.pt`` the best one. A run resumes from the newest checkpoint of its recipe;
-when the best epoch's state was lost (best.pt deleted or damaged, no other checkpoint of that epoch),
-it resumes from before that epoch instead, and training it again restores it. A checkpoint that cannot
+the final step and ``best.pt`` the best one. A run resumes from the newest checkpoint of its recipe;
+when the best step's state was lost (best.pt deleted or damaged, no other checkpoint of that step),
+it resumes from before that step instead, and training it again restores it. A checkpoint that cannot
 be read, or that another recipe made, is moved to the run folder's ``set_aside/``, never deleted. Periodic
 checkpoints an earlier version wrote into the run folder (``epoch_NNNN.pt``) are moved to their new names.
 """
@@ -47,33 +48,62 @@ SAME_NUMERICS = {
     "70d39aceb8cc43da035b800c10ba75f962e9fac847b00f14f813df85631e5d63",
     # 93f98e9, before the token files' writing left dataset.py for token_files.py.
     "f25a95b7e289e688674e0196cc2530fcfbe2124124b88743b31aa01f6c01706e",
+    # c1ba323, before runs resumed within an epoch and evaluated a sample of the validation split.
+    "0eb3340ab9c8b1e803eba6691dbeaa9582e210825e5621ee247c724f23f999d9",
 }
-# Train params that do not change the recipe: a run may resume under other values of these.
-BOOKKEEPING_PARAMS = ("checkpoint_every", "plateau_loss", "compile", "device", "nproc", "threads")
+# Train params that do not change a run's weights: a run may resume under other values of these.
+BOOKKEEPING_PARAMS = ("checkpoint_every", "checkpoint_every_steps", "checkpoint_minutes", "eval_every_steps",
+                      "log_every_steps", "plateau_loss", "compile", "device", "nproc", "nnodes", "threads")
+# Before budgets, mid-epoch checkpoints and sampled evaluations (c1ba323 and earlier), the params digest held every
+# train param but these, the evaluation interval included; and none of the ones added since.
+_EARLIER_BOOKKEEPING = ("checkpoint_every", "plateau_loss", "compile", "device", "nproc", "threads")
+_ADDED_SINCE = ("max_steps", "eval_tokens", "log_every_steps", "checkpoint_every_steps", "checkpoint_minutes", "nnodes")
 LAST = "last.pt"
 BEST = "best.pt"
 
 
-def fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_dir: Path,
-                tokenizer_file: Path) -> dict[str, str]:
+def _digest(model_cfg: ModelConfig, train: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps({"model": asdict(model_cfg), "train": train}, sort_keys=True).encode()).hexdigest()
+
+
+def params_digest(model_cfg: ModelConfig, train_cfg: TrainConfig, whole_split: bool) -> str:
+    """The params that shape a run's numbers. A budget of 0 steps (``epochs`` decide) and a token budget the
+    validation split fits in (``whole_split``) are what runs were before those knobs: they are left out."""
+    train = {name: value for name, value in asdict(train_cfg).items() if name not in BOOKKEEPING_PARAMS}
+    if not train_cfg.max_steps:
+        del train["max_steps"]
+    if whole_split:
+        del train["eval_tokens"]
+    return _digest(model_cfg, train)
+
+
+def earlier_params_digests(model_cfg: ModelConfig, train_cfg: TrainConfig, whole_split: bool) -> set[str]:
+    """The params digest an earlier version gave a run of these params, with the evaluation interval it held (0, its
+    default, or the one now): empty where these params use a knob added since."""
+    if train_cfg.max_steps or not whole_split:
+        return set()
+    train = {name: value for name, value in asdict(train_cfg).items()
+             if name not in _EARLIER_BOOKKEEPING + _ADDED_SINCE}
+    return {_digest(model_cfg, {**train, "eval_every_steps": interval}) for interval in (0, train_cfg.eval_every_steps)}
+
+
+def fingerprint(model_cfg: ModelConfig, train_cfg: TrainConfig, tokens_dir: Path, tokenizer_file: Path,
+                whole_split: bool) -> dict[str, str]:
     """What produced a checkpoint: data, tokenizer, the params that shape the run, and the code."""
-    shaping = {"model": asdict(model_cfg), "train": asdict(train_cfg)}
-    for name in BOOKKEEPING_PARAMS:
-        shaping["train"].pop(name)
     return {
         "data": file_digest(*(tokens_dir / name for name in ("train.bin", "validation.bin", "meta.json"))),
         "tokenizer": file_digest(tokenizer_file),
-        "params": hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest(),
+        "params": params_digest(model_cfg, train_cfg, whole_split),
         "code": code_digest(*RECIPE_CODE),
     }
 
 
-def same_recipe(recorded: dict[str, str] | None, stamp: dict[str, str]) -> bool:
-    """Did a checkpoint's recorded fingerprint come from this recipe (its code, or code of the same numbers)?"""
+def same_recipe(recorded: dict[str, str] | None, stamp: dict[str, str], also: dict[str, set[str]]) -> bool:
+    """Did a checkpoint's recorded fingerprint come from this recipe? ``also``: per part, the earlier digests of
+    the same thing (the code of the same numbers, the params as earlier versions hashed them)."""
     if not isinstance(recorded, dict):
         return False
-    same_code = recorded.get("code") == stamp["code"] or recorded.get("code") in SAME_NUMERICS
-    return same_code and all(recorded.get(key) == value for key, value in stamp.items() if key != "code")
+    return all(recorded.get(key) == value or recorded.get(key) in also.get(key, set()) for key, value in stamp.items())
 
 
 def snapshot(epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -85,40 +115,44 @@ def snapshot(epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimize
             "shape": asdict(model.shape), "fingerprint": stamp, "config": config}
 
 
-_PERIODIC = re.compile(re.escape(PERIODIC_CHECKPOINT).replace(r"\{epoch\}", r"(\d+)") + "$")
-_LEGACY_PERIODIC = re.compile(r"epoch_(\d{4,})\.pt$")  # in the run folder, before the quickstart's names
-
-
 def epoch_name(epoch: int) -> str:
     return PERIODIC_CHECKPOINT.format(epoch=epoch)
 
 
+_PERIODIC = re.compile(re.escape(PERIODIC_CHECKPOINT).replace(r"\{epoch\}", r"(\d+)") + "$")
+_LEGACY_PERIODIC = re.compile(r"epoch_(\d{4,})\.pt$")  # in the run folder, before the quickstart's names
+
+
+def step_of(state: dict[str, Any]) -> int:
+    """The optimizer steps a checkpoint's run had taken."""
+    return state["training_state"]["step"]
+
+
 class RunCheckpoints:
-    """One run's checkpoints (its folder, and the periodic ones in ``periodic_dir``), and the epoch each usable
+    """One run's checkpoints (its folder, and the periodic ones in ``periodic_dir``), and the step each usable
     one holds. ``path(name)`` is where the checkpoint called ``name`` lives."""
 
-    def __init__(self, directory: Path, stamp: dict[str, str], checkpoint_every: int, periodic_dir: Path | None = None):
-        self.directory, self.stamp, self.checkpoint_every = Path(directory), stamp, checkpoint_every
+    def __init__(self, directory: Path, stamp: dict[str, str], periodic_dir: Path | None = None,
+                 also: dict[str, set[str]] | None = None):
+        self.directory, self.stamp, self.also = Path(directory), stamp, also or {}
         self.periodic_dir = Path(periodic_dir) if periodic_dir is not None else self.directory
-        self.epochs: dict[str, int] = {}  # file name -> epoch, for the checkpoints of this recipe
+        self.steps: dict[str, int] = {}  # file name -> step, for the checkpoints of this recipe
 
     @classmethod
-    def open(cls, directory: Path, stamp: dict[str, str], checkpoint_every: int, workers: Workers,
-             fresh: bool = False, periodic_dir: Path | None = None) -> RunCheckpoints:
-        """The folder scanned by every worker; the main worker tidies it first, so all find one resume point."""
-        checkpoints = cls(directory, stamp, checkpoint_every, periodic_dir)
+    def open(cls, directory: Path, stamp: dict[str, str], workers: Workers, *, fresh: bool = False,
+             periodic_dir: Path | None = None, also: dict[str, set[str]] | None = None) -> RunCheckpoints:
+        """The run's checkpoints, tidied and scanned by the main worker, the one that reads and writes them."""
+        checkpoints = cls(directory, stamp, periodic_dir, {"code": SAME_NUMERICS, **(also or {})})
         if workers.is_main:
-            checkpoints.scan(tidy=True, fresh=fresh)
-        workers.barrier()
-        if not workers.is_main:
-            checkpoints.scan(tidy=False)
+            checkpoints.scan(fresh=fresh)
         return checkpoints
 
     def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, Any] | None:
-        """Load the resume point into the model, optimizer, scheduler and RNG; return its progress
-        (``training_state`` and ``timings``, as ``snapshot`` took them), or None to start fresh."""
-        resume = self.resume_point()
+                scheduler: torch.optim.lr_scheduler.LRScheduler, workers: Workers) -> dict[str, Any] | None:
+        """Load the resume point into the model, optimizer, scheduler and RNG of every worker (the main one reads
+        it and hands it to the others); return its progress (``training_state`` and ``timings``, as ``snapshot``
+        took them), or None to start fresh."""
+        resume = workers.broadcast(self.resume_point() if workers.is_main else None)
         if resume is None:
             return None
         model.load_state_dict(resume["model"])
@@ -146,19 +180,15 @@ class RunCheckpoints:
                 os.replace(path, target)
                 log.info("moved %s to %s", path, target)
 
-    def scan(self, *, tidy: bool, fresh: bool = False) -> None:
-        """Record the epoch of every checkpoint of this recipe in the folder.
-
-        ``tidy``: this process owns the folder (one process does, under torchrun rank 0, before the others
-        scan): it clears interrupted writes and sets aside what this run cannot use (``fresh``: everything).
-        """
-        if tidy:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            for folder in {self.directory, self.periodic_dir}:
-                for leftover in remove_leftovers(folder):
-                    log.info("removed %s, left by an interrupted write", leftover)
-            self.move_legacy_periodic()
-        self.epochs = {}
+    def scan(self, *, fresh: bool = False) -> None:
+        """Clear interrupted writes, set aside what this run cannot use (``fresh``: everything), and record the
+        step of every checkpoint of this recipe."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for folder in {self.directory, self.periodic_dir}:
+            for leftover in remove_leftovers(folder):
+                log.info("removed %s, left by an interrupted write", leftover)
+        self.move_legacy_periodic()
+        self.steps = {}
         for path in self.files():
             if fresh:
                 log.info("fresh start: %s set aside to %s", path, set_aside(path, self.directory))
@@ -166,47 +196,42 @@ class RunCheckpoints:
             try:
                 state = load_checkpoint(path)
             except CheckpointError as exc:
-                if tidy:
-                    log.warning("%s; set aside to %s", exc, set_aside(path, self.directory))
+                log.warning("%s; set aside to %s", exc, set_aside(path, self.directory))
                 continue
-            if not same_recipe(state.get("fingerprint"), self.stamp):
-                if tidy:
-                    changed = [k for k in self.stamp if (state.get("fingerprint") or {}).get(k) != self.stamp[k]]
-                    log.warning("checkpoint %s was made with different %s; set aside to %s, training starts fresh",
-                                path, ", ".join(changed), set_aside(path, self.directory))
+            if not same_recipe(state.get("fingerprint"), self.stamp, self.also):
+                changed = [k for k in self.stamp if (state.get("fingerprint") or {}).get(k) != self.stamp[k]]
+                log.warning("checkpoint %s was made with different %s; set aside to %s, training starts fresh",
+                            path, ", ".join(changed), set_aside(path, self.directory))
                 continue
-            self.epochs[path.name] = state["epoch"]
+            self.steps[path.name] = step_of(state)
+
+    def newest_step(self) -> int:
+        return max(self.steps.values(), default=0)
 
     def resume_point(self) -> dict[str, Any] | None:
         """The checkpoint to continue from (None: start fresh); see the module docstring for the choice."""
-        if not self.epochs:
+        if not self.steps:
             return None
-        newest = load_checkpoint(self.path(max(self.epochs, key=self.epochs.get)))
-        best_epoch = newest["training_state"]["best_epoch"]
-        if best_epoch in self.epochs.values():
+        newest = load_checkpoint(self.path(max(self.steps, key=self.steps.get)))
+        saved = newest["training_state"]
+        best_step = saved.get("best_step", next((row["step"] for row in saved["history"]
+                                                 if row["epoch"] == saved.get("best_epoch")), 0))
+        if best_step in self.steps.values() or best_step == 0:
             return newest
-        earlier = {name: epoch for name, epoch in self.epochs.items() if epoch < best_epoch}
-        log.warning("no checkpoint holds epoch %d, the best one: resuming from epoch %d to train it again",
-                    best_epoch, max(earlier.values(), default=0))
+        earlier = {name: step for name, step in self.steps.items() if step < best_step}
+        log.warning("no checkpoint holds step %d, the best one: resuming from step %d to train it again",
+                    best_step, max(earlier.values(), default=0))
         return load_checkpoint(self.path(max(earlier, key=earlier.get))) if earlier else None
 
-    def save(self, name: str, epoch: int, state: dict[str, Any]) -> None:
+    def save(self, name: str, step: int, state: dict[str, Any]) -> None:
         save_checkpoint(self.path(name), state)
-        self.epochs[name] = epoch
+        self.steps[name] = step
 
-    def after_epoch(self, epoch: int, improved: bool, state: Callable[[], dict[str, Any]]) -> None:
-        """Write the epoch's checkpoints: best (if it improved), periodic, then last."""
-        if improved:
-            self.save(BEST, epoch, state())
-        if epoch % self.checkpoint_every == 0:
-            self.save(epoch_name(epoch), epoch, state())
-        self.save(LAST, epoch, state())
-
-    def finish(self, final_epoch: int, best_epoch: int, state: Callable[[], dict[str, Any]]) -> None:
-        """Make last.pt hold ``final_epoch`` and best.pt ``best_epoch``, whatever a crash or a user left."""
-        if self.epochs.get(LAST) != final_epoch:
-            self.save(LAST, final_epoch, state())
-        if self.epochs.get(BEST) != best_epoch:
-            source = next(name for name, epoch in self.epochs.items() if epoch == best_epoch)
+    def finish(self, final_step: int, best_step: int, state: Callable[[], dict[str, Any]]) -> None:
+        """Make last.pt hold ``final_step`` and best.pt ``best_step``, whatever a crash or a user left."""
+        if self.steps.get(LAST) != final_step:
+            self.save(LAST, final_step, state())
+        if self.steps.get(BEST) != best_step:
+            source = next(name for name, step in self.steps.items() if step == best_step)
             write_atomic(self.path(BEST), self.path(source).read_bytes())
-            self.epochs[BEST] = best_epoch
+            self.steps[BEST] = best_step

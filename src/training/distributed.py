@@ -13,6 +13,7 @@ import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -37,6 +38,14 @@ class Workers:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    def broadcast(self, value: Any) -> Any:
+        """The main worker's ``value``, on every worker (pickled through the process group)."""
+        if not self.distributed:
+            return value
+        holder = [value]
+        dist.broadcast_object_list(holder, src=0, device=self.device if self.device.type == "cuda" else None)
+        return holder[0]
 
     def mean(self, value: float) -> float:
         """The mean of ``value`` over every worker (the value itself for a group of one)."""

@@ -1,13 +1,17 @@
-"""The training loop: optimizer steps, evaluations every N steps and at each epoch's end, checkpoints after each.
+"""The training loop: optimizer steps to a budget, evaluations, training-loss rows, checkpoints.
+
+A run trains ``epochs`` passes over the training text, or ``train.max_steps`` steps (then it may end within an
+epoch). It evaluates every ``train.eval_every_steps`` steps, at each epoch's end and at its end, on the same
+windows every time (``train.eval_tokens``); it records the training loss every ``train.log_every_steps`` steps.
 
 A run repeats bit for bit on one machine (same threads and workers): the step and the data order
-(``src.training.step``) are deterministic, and checkpoints, taken at epoch boundaries, carry the model,
-optimizer, scheduler and RNG state, so a run resumed from any checkpoint ends exactly where an uninterrupted
-run ends.
+(``src.training.step``) are deterministic, and a checkpoint carries the model, optimizer, scheduler and RNG state
+and where in its epoch the run stood, so a run resumed from any checkpoint, at an epoch's end or within one,
+ends exactly where an uninterrupted run ends.
 
 Under torchrun every worker draws the same global batches and trains on its own slice of each; DDP
 averages the gradients, so the global batch, and the result, are those of a single process. Rank 0
-alone writes checkpoints.
+alone reads and writes checkpoints; it hands the resume point to the others.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from tqdm import tqdm
 from src.config import ModelConfig, TrainConfig
 from src.data.dataset import TokenDataError, TokenSplit
 from src.model.transformer import ModelShape, TinyTransformer
-from src.training.checkpointing import BEST, LAST, RunCheckpoints, fingerprint, snapshot
+from src.training.checkpointing import (BEST, LAST, RunCheckpoints, earlier_params_digests, epoch_name, fingerprint,
+                                        snapshot)
 from src.training.distributed import Workers, single_process
 from src.training.optimizers import make_optimizer
 from src.training.speed_choices import (best_of_rounds, machine_key, resolve_attention, resolve_compile,
@@ -43,11 +48,45 @@ class TrainingDiverged(RuntimeError):
 @dataclass
 class TrainingState:
     """What training computed so far: the same in every run of a recipe on one machine (timings are apart)."""
-    epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
+    epoch: int = 0  # epochs completed
     history: list[dict[str, Any]] = field(default_factory=list)  # a row per evaluation (``evaluation_row``)
-    best_epoch: int = 0  # the best epoch-end evaluation: the model best.pt holds
+    log: list[dict[str, Any]] = field(default_factory=list)  # a training-loss row every train.log_every_steps
+    best_step: int = 0  # the evaluation with the lowest validation loss: the model best.pt holds
+    best_epoch: float = 0.0  # ... and where it stood, in epochs
     best_validation_loss: float = math.inf
+    # [loss summed over targets, targets] since the last evaluation row, and since the last log row.
+    since_evaluation: list[float] = field(default_factory=lambda: [0.0, 0])
+    since_log: list[float] = field(default_factory=lambda: [0.0, 0])
+
+    @classmethod
+    def restored(cls, saved: dict[str, Any]) -> TrainingState:
+        """The state a checkpoint saved; one of a version that checkpointed at epoch ends alone (no log rows, the
+        best as an epoch) is the state at its epoch's end."""
+        if "best_step" in saved:
+            return cls(**saved)
+        best = next((row for row in saved["history"] if row["epoch"] == saved["best_epoch"]), {"step": 0})
+        return cls(step=saved["step"], epoch=saved["epoch"], history=saved["history"], best_step=best["step"],
+                   best_epoch=float(saved["best_epoch"]), best_validation_loss=saved["best_validation_loss"])
+
+
+@dataclass
+class Timings:
+    """How long training took (evaluation excluded): kept apart from the state, which repeats bit for bit."""
+    rows: list[dict[str, float]] = field(default_factory=list)  # per history row: seconds and tokens/s since the row before
+    log_seconds: list[float] = field(default_factory=list)  # per log row: training seconds from the start
+    evaluation_seconds: float = 0.0  # spent in evaluations, from the start
+    checkpoint_seconds: float = 0.0  # spent writing checkpoints, from the start
+
+    @property
+    def seconds(self) -> float:
+        """Training seconds up to the last history row."""
+        return sum(row["seconds"] for row in self.rows)
+
+    @classmethod
+    def restored(cls, saved: dict[str, Any] | list[dict[str, float]]) -> Timings:
+        """A checkpoint's timings (a version that checkpointed at epoch ends alone saved the history rows' list)."""
+        return cls(**saved) if isinstance(saved, dict) else cls(rows=saved)
 
 
 @dataclass(frozen=True)
@@ -56,9 +95,11 @@ class TrainingResult:
     last_checkpoint: Path
     best_checkpoint: Path
     parameters: int
-    resumed_from_epoch: int
+    resumed_from_step: int
+    resumed_from_epoch: int  # epochs complete at the resume point
+    steps_per_epoch: int
     environment: dict[str, object]  # what the numbers depend on beyond the recipe (Workers.environment)
-    timings: list[dict[str, float]]  # per history row: the training seconds (evaluation excluded) and tokens/s since the row before
+    timings: Timings
 
 
 @dataclass(frozen=True)
@@ -70,33 +111,38 @@ class Evaluation:
 
 @torch.inference_mode()
 def evaluate(model: TinyTransformer, split: TokenSplit, length: int, batch_size: int,
-             precision: str, workers: Workers = single_process()) -> Evaluation:
-    """The loss over the whole split in fixed windows, and its bits per byte overall and per language.
+             precision: str, workers: Workers = single_process(), max_tokens: int = 0) -> Evaluation:
+    """The loss over the split's evaluation windows (all of it, or a fixed sample of ``max_tokens`` tokens), and
+    its bits per byte overall and per language.
 
-    Each target's loss is added to its book's sum. Workers score every ``world_size``-th batch each and add
-    up their sums.
+    Each target's loss is added to its book's sum. A book's bytes are its text's, times the share of its targets
+    scored (all of them: exactly its bytes). Workers score every ``world_size``-th batch each and add up their sums.
     """
     was_training = model.training
     model.eval()
     books = split.stats.books
     nats = torch.zeros(max(len(books), 1), dtype=torch.float64)
-    count = 0
-    for index, (inputs, targets, book_of) in enumerate(split.evaluation_batches(length, batch_size)):
+    scored = torch.zeros(len(nats), dtype=torch.float64)
+    for index, (inputs, targets, book_of) in enumerate(split.evaluation_batches(length, batch_size, max_tokens)):
         if index % workers.world_size != workers.rank:
             continue
         with precision_context(precision, workers.device):
             losses = model.token_losses(inputs.to(workers.device), targets.to(workers.device))
         nats += torch.bincount(book_of.flatten(), weights=losses.flatten().double().cpu(), minlength=len(nats))
-        count += targets.numel()
+        scored += torch.bincount(book_of.flatten(), minlength=len(nats)).double()
     model.train(was_training)
-    *nats_per_book, count = workers.sum([*nats.tolist(), count])
+    sums = workers.sum([*nats.tolist(), *scored.tolist()])
+    nats_per_book, scored_per_book = sums[:len(nats)], sums[len(nats):]
     total = sum(nats_per_book)
+    book_bytes = [book.bytes for book in books] or [split.stats.bytes]
+    shares = [n / whole for n, whole in zip(scored_per_book, split.targets_per_book())]
+    scored_bytes = [size * share for size, share in zip(book_bytes, shares)]
     by_language: dict[str, list[float]] = {}
-    for book, book_nats in zip(books, nats_per_book):
-        language = by_language.setdefault(book.language, [0.0, 0])
+    for book, book_nats, size in zip(books, nats_per_book, scored_bytes):
+        language = by_language.setdefault(book.language, [0.0, 0.0])
         language[0] += book_nats
-        language[1] += book.bytes
-    return Evaluation(total / count, total / (math.log(2) * split.stats.bytes),
+        language[1] += size
+    return Evaluation(total / sum(scored_per_book), total / (math.log(2) * sum(scored_bytes)),
                       {language: nats_sum / (math.log(2) * n_bytes)
                        for language, (nats_sum, n_bytes) in sorted(by_language.items())})
 
@@ -104,59 +150,57 @@ def evaluate(model: TinyTransformer, split: TokenSplit, length: int, batch_size:
 def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, tokens_dir: Path,
           tokenizer_file: Path, checkpoint_dir: Path, periodic_dir: Path | None = None, fresh: bool = False,
           workers: Workers = single_process(),
-          on_evaluation: Callable[[list[dict[str, Any]]], None] | None = None) -> TrainingResult:
-    """Train (or resume) until ``train_cfg.epochs`` epochs are complete; return where things are.
+          on_evaluation: Callable[[TrainingState, Timings], None] | None = None) -> TrainingResult:
+    """Train (or resume) until the budget is spent; return where things are.
 
     The run's checkpoints go to ``checkpoint_dir``, its periodic ones to ``periodic_dir`` (the same folder when
-    None).
-
-    ``on_evaluation`` gets the history (with each row's cumulative training seconds) after every evaluation,
-    on the main worker.
+    None). ``on_evaluation`` gets the state and timings after every evaluation, on the main worker.
     """
     train_split, validation_split = TokenSplit(tokens_dir, "train"), TokenSplit(tokens_dir, "validation")
     steps_per_epoch = batches_per_epoch(train_split, validation_split, train_cfg, workers)
+    total_steps = train_cfg.max_steps or steps_per_epoch * train_cfg.epochs
     shape = ModelShape.from_config(model_cfg, vocab_size)
     # The fingerprint keys on the precision and kernel that run.
-    train_cfg, choices = speed_choices(train_cfg, shape, workers, steps_per_epoch * train_cfg.epochs)
+    train_cfg, choices = speed_choices(train_cfg, shape, workers, total_steps)
 
     torch.manual_seed(train_cfg.seed)
     model = TinyTransformer(shape).to(workers.device)
     optimizer = make_optimizer(model, train_cfg)
-    scheduler = make_scheduler(optimizer, train_cfg, steps_per_epoch * train_cfg.epochs)
-    stamp = fingerprint(model_cfg, train_cfg, tokens_dir, tokenizer_file)
-    checkpoints = RunCheckpoints.open(checkpoint_dir, stamp, train_cfg.checkpoint_every, workers, fresh, periodic_dir)
-    state, timings = TrainingState(), []
-    progress = checkpoints.restore(model, optimizer, scheduler)
+    scheduler = make_scheduler(optimizer, train_cfg, total_steps)
+    whole_split = covers_split(validation_split, train_cfg)
+    stamp = fingerprint(model_cfg, train_cfg, tokens_dir, tokenizer_file, whole_split)
+    checkpoints = RunCheckpoints.open(checkpoint_dir, stamp, workers, fresh=fresh, periodic_dir=periodic_dir,
+                                      also={"params": earlier_params_digests(model_cfg, train_cfg, whole_split)})
+    state, timings = TrainingState(), Timings()
+    progress = checkpoints.restore(model, optimizer, scheduler, workers)
     if progress is not None:
-        state, timings = TrainingState(**progress["training_state"]), progress["timings"]
+        state, timings = TrainingState.restored(progress["training_state"]), Timings.restored(progress["timings"])
         log.info("resuming after epoch %d of %d (step %d)", state.epoch, train_cfg.epochs, state.step)
-    resumed_from = state.epoch
-
-    def checkpoint() -> dict[str, Any]:
-        return snapshot(state.epoch, model, optimizer, scheduler, {"training_state": asdict(state), "timings": timings},
-                        stamp, {"model": asdict(model_cfg), "train": asdict(train_cfg)})
-
-    def evaluated() -> None:
-        if on_evaluation is not None and workers.is_main:
-            on_evaluation(history_with_seconds(state.history, timings))
+    loop = Loop(state, timings, model, optimizer, scheduler, train_cfg, workers, train_split, validation_split,
+                steps_per_epoch, total_steps, checkpoints,
+                lambda: snapshot(state.epoch, model, optimizer, scheduler,
+                                 {"training_state": asdict(state), "timings": asdict(timings)}, stamp,
+                                 {"model": asdict(model_cfg), "train": asdict(train_cfg)}),
+                on_evaluation if workers.is_main else None)
+    resumed_from = (state.step, state.epoch)
 
     model.train()
     with deterministic_algorithms():
-        step = make_train_step(model, optimizer, scheduler, train_cfg, workers)
-        while state.epoch < train_cfg.epochs:
-            improved = run_epoch(state, timings, step, train_split, validation_split, model, scheduler, train_cfg,
-                                 workers, evaluated)
-            if workers.is_main:
-                checkpoints.after_epoch(state.epoch, improved, checkpoint)
+        loop.run(make_train_step(model, optimizer, scheduler, train_cfg, workers))
 
     workers.check_identical(model)
     if workers.is_main:
-        checkpoints.finish(state.epoch, state.best_epoch, checkpoint)
+        checkpoints.finish(state.step, state.best_step, loop.checkpoint)
     workers.barrier()
     environment = {**workers.environment(), "precision": train_cfg.precision, "attention": train_cfg.attention,
                    "compile": train_cfg.compile, **choices}
-    return TrainingResult(state, checkpoints.path(LAST), checkpoints.path(BEST), model.num_parameters(), resumed_from,
-                          environment, timings)
+    return TrainingResult(state, checkpoints.path(LAST), checkpoints.path(BEST), model.num_parameters(), *resumed_from,
+                          steps_per_epoch, environment, timings)
+
+
+def covers_split(split: TokenSplit, cfg: TrainConfig) -> bool:
+    """Does an evaluation score the whole validation split (no token budget, or one the split fits in)?"""
+    return not cfg.eval_tokens or cfg.eval_tokens >= len(split) - 1
 
 
 def batches_per_epoch(train_split: TokenSplit, validation_split: TokenSplit, cfg: TrainConfig,
@@ -239,63 +283,165 @@ def history_with_seconds(history: list[dict[str, Any]], timings: list[dict[str, 
     return rows
 
 
-def run_epoch(state: TrainingState, timings: list[dict[str, float]], step: Callable[[torch.Tensor, torch.Tensor], float],
-              train_split: TokenSplit, validation_split: TokenSplit, model: TinyTransformer,
-              scheduler: torch.optim.lr_scheduler.LRScheduler, cfg: TrainConfig, workers: Workers,
-              evaluated: Callable[[], None]) -> bool:
-    """Train one epoch, evaluating every ``cfg.eval_every_steps`` steps and at its end; each evaluation is a
-    row of ``state.history`` and of ``timings``. Returns whether the epoch-end validation loss improved."""
-    epoch, length = state.epoch + 1, cfg.max_seq_length
-    steps_per_epoch = train_split.batches_per_epoch(length, cfg.batch_size)
-    generator = epoch_generator(cfg.seed, epoch)
-    loss_sum, tokens_seen, seconds = 0.0, 0, 0.0  # since the last evaluation
-    epoch_seconds, epoch_tokens, epoch_loss_sum = 0.0, 0, 0.0
-    bar = tqdm(train_split.epoch_batches(length, cfg.batch_size, generator), total=steps_per_epoch,
-               desc=f"epoch {epoch}/{cfg.epochs}", unit="step", disable=None if workers.is_main else True, leave=False)
-    started = time.perf_counter()
-    for batch, (inputs, targets) in enumerate(bar, start=1):
-        loss_value = step(inputs, targets)
-        if not math.isfinite(loss_value):
+@dataclass
+class Loop:
+    """One run's steps, from where its state stands to the end of its budget: what to do after each step."""
+    state: TrainingState
+    timings: Timings
+    model: TinyTransformer
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    cfg: TrainConfig
+    workers: Workers
+    train_split: TokenSplit
+    validation_split: TokenSplit
+    steps_per_epoch: int
+    total_steps: int
+    checkpoints: RunCheckpoints
+    checkpoint: Callable[[], dict[str, Any]]  # the checkpoint of the state now (``snapshot``)
+    on_evaluation: Callable[[TrainingState, Timings], None] | None
+    # Training seconds (evaluation and checkpoints excluded) since the last history row, and when the clock runs.
+    _seconds: float = 0.0
+    _started: float = 0.0
+    _last_saved: float = 0.0  # wall time of the last checkpoint of the resume point
+
+    def run(self, step: Callable[[torch.Tensor, torch.Tensor], float]) -> None:
+        """Train epoch by epoch (the first one from where the state stands within it) until the budget is spent."""
+        self._last_saved = time.monotonic()
+        while self.state.step < self.total_steps:
+            epoch, start = self.state.step // self.steps_per_epoch + 1, self.state.step % self.steps_per_epoch
+            steps = min(self.steps_per_epoch - start, self.total_steps - self.state.step)
+            batches = self.train_split.epoch_batches(self.cfg.max_seq_length, self.cfg.batch_size,
+                                                     epoch_generator(self.cfg.seed, epoch), start)
+            bar = tqdm(batches, total=self.steps_per_epoch, initial=start, desc=f"epoch {epoch}/{self.epochs}",
+                       unit="step", disable=None if self.workers.is_main else True, leave=False)
+            self._started = time.perf_counter()
+            for _, (inputs, targets) in zip(range(steps), bar):
+                self.after_step(step(inputs, targets), targets.numel(), epoch, bar)
+            bar.close()
+
+    @property
+    def epochs(self) -> float:
+        """The budget in epochs."""
+        return self.cfg.epochs if not self.cfg.max_steps else round(self.total_steps / self.steps_per_epoch, 2)
+
+    def after_step(self, loss: float, targets: int, epoch: int, bar: tqdm) -> None:
+        state, cfg = self.state, self.cfg
+        if not math.isfinite(loss):
             raise TrainingDiverged(
-                f"loss became {loss_value} at epoch {epoch}, step {batch} of {steps_per_epoch} (global step "
-                f"{state.step + 1}); try a lower learning_rate than {cfg.learning_rate:g} "
-                f"(e.g. dvc exp run -S learning_rate={cfg.learning_rate / 3:.2g}). The last good "
-                f"checkpoint, after epoch {state.epoch}, is kept.")
+                f"loss became {loss} at epoch {epoch}, step {state.step % self.steps_per_epoch + 1} of "
+                f"{self.steps_per_epoch} (global step {state.step + 1}); try a lower learning_rate than "
+                f"{cfg.learning_rate:g} (e.g. dvc exp run -S learning_rate={cfg.learning_rate / 3:.2g}). The last "
+                f"good checkpoint, at step {self.checkpoints.newest_step()}, is kept.")
         state.step += 1
-        loss_sum += loss_value * targets.numel()
-        tokens_seen += targets.numel()
-        if batch % 10 == 0:
-            bar.set_postfix(loss=f"{loss_value:.3f}")
-        at_end = batch == steps_per_epoch
-        if at_end or (cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0):
-            seconds += time.perf_counter() - started
-            if at_end:
-                state.epoch = epoch
-            row = evaluation_row(state, epoch - 1 + batch / steps_per_epoch, loss_sum / tokens_seen,
-                                 evaluate(model, validation_split, length, cfg.eval_batch_size, cfg.precision, workers),
-                                 scheduler, cfg)
-            state.history.append(row)
-            timings.append({"seconds": seconds, "tokens_per_sec": tokens_seen / seconds})
-            evaluated()
-            epoch_seconds, epoch_tokens = epoch_seconds + seconds, epoch_tokens + tokens_seen
-            epoch_loss_sum += loss_sum
-            loss_sum, tokens_seen, seconds = 0.0, 0, 0.0
-            started = time.perf_counter()
-    bar.close()
-    last = state.history[-1]
-    validation_loss = last["validation_loss"]
-    log.info("epoch %d/%d: train loss %.4f, validation loss %.4f (%.3f bits/byte), %.0f tokens/s, %.1fs of training",
-             epoch, cfg.epochs, epoch_loss_sum / epoch_tokens, validation_loss, last["validation_bits_per_byte"],
-             epoch_tokens / epoch_seconds, epoch_seconds)
-    if epoch >= 2 and validation_loss > cfg.plateau_loss:
-        log.warning("validation loss %.2f is still above %.1f after %d epochs: the model is barely learning. "
-                    "Try a different learning_rate (now %g), more epochs, or check the corpus and tokenizer "
-                    "metrics (README: Troubleshooting).", validation_loss, cfg.plateau_loss, epoch,
-                    cfg.learning_rate)
-    if validation_loss >= state.best_validation_loss:
-        return False
-    state.best_epoch, state.best_validation_loss = epoch, validation_loss
-    return True
+        for running in (state.since_evaluation, state.since_log):
+            running[0] += loss * targets
+            running[1] += targets
+        if state.step % 10 == 0:
+            bar.set_postfix(loss=f"{loss:.3f}")
+        epoch_end, run_end = state.step % self.steps_per_epoch == 0, state.step == self.total_steps
+        if epoch_end:
+            state.epoch = epoch
+        if state.step % cfg.log_every_steps == 0 or run_end:
+            self.log_row()
+        improved = False
+        if epoch_end or run_end or (cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0):
+            improved = self.evaluate(epoch_end)
+        if self.workers.is_main:
+            self.save(improved, epoch_end, run_end)
+
+    def position(self) -> float:
+        """Where training stands, in epochs."""
+        return round(self.state.step / self.steps_per_epoch, 6)
+
+    def clock(self) -> float:
+        """Training seconds since the last history row, the clock restarted."""
+        now = time.perf_counter()
+        self._seconds += now - self._started
+        self._started = now
+        return self._seconds
+
+    def log_row(self) -> None:
+        state = self.state
+        loss_sum, targets = state.since_log
+        state.log.append({"step": state.step, "epoch": self.position(), "tokens": self.tokens(),
+                          "train_loss": loss_sum / targets, "learning_rate": self.scheduler.get_last_lr()[0]})
+        state.since_log = [0.0, 0]
+        self.timings.log_seconds.append(self.timings.seconds + self.clock())
+
+    def tokens(self) -> int:
+        return self.state.step * self.cfg.batch_size * self.cfg.max_seq_length
+
+    def evaluate(self, epoch_end: bool) -> bool:
+        """A history row; whether its validation loss is the best yet."""
+        state, cfg = self.state, self.cfg
+        seconds = self.clock()
+        loss_sum, targets = state.since_evaluation
+        started = time.perf_counter()
+        evaluation = evaluate(self.model, self.validation_split, cfg.max_seq_length, cfg.eval_batch_size,
+                              cfg.precision, self.workers, cfg.eval_tokens)
+        self.timings.evaluation_seconds += time.perf_counter() - started
+        state.history.append(evaluation_row(state, self.position(), loss_sum / targets, evaluation, self.scheduler,
+                                            cfg))
+        self.timings.rows.append({"seconds": seconds, "tokens_per_sec": targets / seconds})
+        state.since_evaluation, self._seconds = [0.0, 0], 0.0
+        if epoch_end:
+            self.epoch_ended(evaluation.loss)
+        if self.on_evaluation is not None:
+            self.on_evaluation(state, self.timings)
+        self._started = time.perf_counter()
+        if evaluation.loss >= state.best_validation_loss:
+            return False
+        state.best_step, state.best_epoch, state.best_validation_loss = state.step, self.position(), evaluation.loss
+        return True
+
+    def epoch_ended(self, validation_loss: float) -> None:
+        state, cfg = self.state, self.cfg
+        epoch = epoch_rows(history_with_seconds(state.history, self.timings.rows))[-1]
+        log.info("epoch %d/%s: train loss %.4f, validation loss %.4f (%.3f bits/byte), %.0f tokens/s, %.1fs of training",
+                 state.epoch, self.epochs, epoch["train_loss"], validation_loss, epoch["validation_bits_per_byte"],
+                 self.steps_per_epoch * cfg.batch_size * cfg.max_seq_length / epoch["epoch_seconds"],
+                 epoch["epoch_seconds"])
+        if state.epoch >= 2 and validation_loss > cfg.plateau_loss:
+            log.warning("validation loss %.2f is still above %.1f after %d epochs: the model is barely learning. "
+                        "Try a different learning_rate (now %g), more epochs, or check the corpus and tokenizer "
+                        "metrics (README: Troubleshooting).", validation_loss, cfg.plateau_loss, state.epoch,
+                        cfg.learning_rate)
+
+    def save(self, improved: bool, epoch_end: bool, run_end: bool) -> None:
+        """The checkpoints this step calls for: best (the evaluation improved), periodic (every
+        train.checkpoint_every epochs), then the resume point (an epoch's or the run's end, every
+        train.checkpoint_every_steps steps, every train.checkpoint_minutes minutes)."""
+        state, cfg = self.state, self.cfg
+        started = time.perf_counter()
+        if improved:
+            self.checkpoints.save(BEST, state.step, self.checkpoint())
+        if epoch_end and state.epoch % cfg.checkpoint_every == 0:
+            self.checkpoints.save(epoch_name(state.epoch), state.step, self.checkpoint())
+        due = (epoch_end or run_end or (cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0)
+               or (cfg.checkpoint_minutes and time.monotonic() - self._last_saved >= 60 * cfg.checkpoint_minutes))
+        if due:
+            self.checkpoints.save(LAST, state.step, self.checkpoint())
+            self._last_saved = time.monotonic()
+        spent = time.perf_counter() - started
+        self.timings.checkpoint_seconds += spent
+        self._started += spent  # checkpoints are not training time
+
+
+def epoch_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A row per epoch from history rows with their cumulative ``seconds``: the epoch's end evaluation, with the
+    epoch's mean training loss (each row's weighted by the tokens it covers) and its training seconds
+    (``epoch_seconds``). A run that ended within an epoch ends with that epoch unfinished: it has no row."""
+    epochs: list[dict[str, Any]] = []
+    loss_sum, tokens, covered_before, seconds_before = 0.0, 0, 0, 0.0
+    for row in rows:
+        covered = row["tokens"] - covered_before
+        loss_sum, tokens, covered_before = loss_sum + row["train_loss"] * covered, tokens + covered, row["tokens"]
+        if float(row["epoch"]).is_integer():
+            epochs.append({**row, "epoch": int(row["epoch"]), "train_loss": loss_sum / tokens,
+                           "epoch_seconds": row["seconds"] - seconds_before})
+            loss_sum, tokens, seconds_before = 0.0, 0, row["seconds"]
+    return epochs
 
 
 def evaluation_row(state: TrainingState, epochs: float, train_loss: float, evaluation: Evaluation,
