@@ -54,8 +54,8 @@ SIZES_MB = "3,30,300,1000"
 SAMPLE_SECONDS = 0.2  # how often the process tree's memory is sampled
 SECTION_TITLE = "## Corpus scale"
 # Gutenberg's markers: --varied shuffles only the text between them, so the download stage still finds them.
-_START = re.compile(rb"^\*\*\* ?START OF", re.MULTILINE)
-_END = re.compile(rb"^\*\*\* ?END OF", re.MULTILINE)
+_START = re.compile(rb"^[ \t]*\*{3}[ \t]*START OF", re.MULTILINE)
+_END = re.compile(rb"^[ \t]*\*{3}[ \t]*END OF", re.MULTILINE)
 
 
 def shuffled_words(text: bytes, seed: int) -> bytes:
@@ -64,7 +64,7 @@ def shuffled_words(text: bytes, seed: int) -> bytes:
     start, end = _START.search(text), _END.search(text)
     head, body, tail = b"", text, b""
     if start and end and start.start() < end.start():
-        cut_start, cut_end = text.index(b"\n", start.start()) + 1, end.start()
+        cut_start, cut_end = text.index(b"\n", start.start()) + 1, text.rindex(b"\n", 0, end.start()) + 1
         head, body, tail = text[:cut_start], text[cut_start:cut_end], text[cut_end:]
     draw = random.Random(seed)
     lines = []
