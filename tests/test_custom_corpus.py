@@ -230,3 +230,14 @@ def test_a_directory_without_books_is_refused(workdir):
                            "names.corpus": "fr", "names.tokenizer": "fr_1k"})
     done = run_module("src.pipeline.download", workdir)
     assert done.returncode == 2 and "corpus.sources[0]: books/empty holds no .txt file" in done.stderr, done.stderr
+
+
+def test_a_sources_file_book_without_a_language_is_named_by_its_row(workdir):
+    (workdir / "books/list.jsonl").write_text('{"name": "notes", "path": "books/notes_fr.txt", "format": "plain"}\n')
+    write_params(workdir, {"corpus.sources": [{"name": "own", "url": "books/notes_fr.txt", "language": "fr",
+                                               "format": "plain"}],
+                           "corpus.sources_file": "books/list.jsonl", "names.corpus": "fr", "names.tokenizer": "fr_1k"})
+    done = run_module("src.pipeline.download", workdir)
+    assert done.returncode == 2, done.stderr
+    assert ("books/notes_fr.txt: the text names no language: an ISO 639-1 language; set the language of "
+            "books/list.jsonl row 1 (e.g. fr)") in done.stderr

@@ -77,7 +77,7 @@ def download(cfg: CorpusConfig, split: SplitConfig, corpus_name: CorpusName, *, 
              metrics_file: Path = paths.CORPUS_METRICS) -> dict:
     require_free_disk(raw_dir, cfg.min_free_disk_gb)
     remove_leftovers(raw_dir)
-    books = [book for index, source in enumerate(cfg.books) for book in each_book(source, f"corpus.sources[{index}]")]
+    books = [book for index, source in enumerate(cfg.books) for book in each_book(source, source_key(cfg, index))]
     fetch_remote([source for source, _ in books if not source.is_local], cfg, mirror, raw_dir)
 
     described, held_out, languages = [], {}, {}
@@ -115,6 +115,14 @@ def with_share(entry: dict, book_characters: int) -> dict:
     """A book's entry in data/corpus_sources.json: its share of the books' characters added before its licence."""
     *figures, (_, licence) = entry.items()
     return {**dict(figures), "share": round(entry["characters"] / book_characters, 6), "licence": licence}
+
+
+def source_key(cfg: CorpusConfig, index: int) -> str:
+    """Where the ``index``-th of ``cfg.books`` is listed, as messages name it: params.yaml's key, or the sources
+    file's row."""
+    if index < len(cfg.sources):
+        return f"corpus.sources[{index}]"
+    return f"{cfg.sources_file} row {index - len(cfg.sources) + 1}"
 
 
 def each_book(source: BookSource, key: str) -> list[tuple[BookSource, str]]:
@@ -165,8 +173,9 @@ def book_language(source: BookSource, book: Book, key: str) -> str:
     if code is None:
         said = f"names its language {book.language!r}, which is not" if book.language else "names no language:"
         label = source.url if source.is_local else source.file_name
-        raise NotTextError(f"{label}: the text {said} an ISO 639-1 language; set {key}.language "
-                           f"(e.g. `language: fr`) in params.yaml")
+        where = f"{key}.language (e.g. `language: fr`) in params.yaml" if key.startswith("corpus.sources[") else \
+            f"the language of {key} (e.g. fr)"
+        raise NotTextError(f"{label}: the text {said} an ISO 639-1 language; set {where}")
     return code
 
 
