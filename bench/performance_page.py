@@ -112,6 +112,10 @@ def inference(r: dict) -> list[str]:
             "", f"`{command('inference')}`"]
 
 
+SHELVES = {"repeated": "the default books in whole copies",
+           "varied": "the default books in whole copies, each copy's words shuffled within every line (seeded)"}
+
+
 def scale(r: dict) -> list[str]:
     """bench.scale's table, which it also writes into the page by itself (its own command and date)."""
     rows = []
@@ -123,11 +127,12 @@ def scale(r: dict) -> list[str]:
         rows.append([f"{size['size_mb']:g} MB ({size['books']} books)", size["corpus_mb"], f"{size['tokens']:,}",
                      *cells, size["train"]["tokens_per_sec"], size["train"]["evaluation_seconds"],
                      size["train"]["checkpoint_seconds"], disk["books"], disk["data_and_cache"]])
-    return ["## Corpus scale",
+    shelf = SHELVES.get(r["variant"], f"the books {r['variant']}")
+    return [f"## Corpus scale: books {r['variant']}",
             "",
             f"Download, tokenize and {r['max_steps']} training steps (evaluating {r['eval_tokens']:,} tokens) through "
-            f"`dvc repro -s STAGE` in a fresh project per size, the books {r['variant']} as one directory source in "
-            f"books/. Measured on {r['date']}, on {r['cpu']}. Each stage: wall time, then peak RSS of its largest "
+            f"`dvc repro -s STAGE` in a fresh project per size; the books: {shelf}, in one directory source in books/. "
+            f"Measured on {r['date']}, on {r['cpu']}. Each stage: wall time, then peak RSS of its largest "
             "process / of all its processes together. Disk: books/, and data/ with DVC's cache (hard-linked, each "
             "file counted once).",
             "",

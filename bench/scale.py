@@ -13,7 +13,7 @@ from metrics/train_speed.json; the disk from `du` of books/, data/ and .dvc/cach
 The shelf is the default books (``TT_CORPUS_MIRROR``, else /work/shared/corpus), or the .txt files of
 ``--books-dir``, in whole copies until the size is reached. ``--varied`` shuffles the words of every line of a
 copy's text (seeded by the copy), so that the tokenizer sees varied text, not the same sentences again.
-The table replaces the "Corpus scale" section of ``--out`` (the rest of the page is kept); ``--json`` prints
+The table replaces its variant's "Corpus scale" section of ``--out`` (the rest of the page is kept); ``--json`` prints
 the figures instead, for ``bench.performance_page``.
 """
 
@@ -52,7 +52,6 @@ SHELF = "books/shelf"
 STAGES = ("check_params", "download", "tokenize", "train")
 SIZES_MB = "3,30,300,1000"
 SAMPLE_SECONDS = 0.2  # how often the process tree's memory is sampled
-SECTION_TITLE = "## Corpus scale"
 # Gutenberg's markers: --varied shuffles only the text between them, so the download stage still finds them.
 _START = re.compile(rb"^[ \t]*\*{3}[ \t]*START OF", re.MULTILINE)
 _END = re.compile(rb"^[ \t]*\*{3}[ \t]*END OF", re.MULTILINE)
@@ -222,12 +221,12 @@ def measure_size(size_mb: float, base: list[Path], args: argparse.Namespace, wor
 
 
 def replace_section(page: str, section: str) -> str:
-    """``page`` with its "Corpus scale" section (up to the next "## " heading) replaced by ``section``, or with
-    ``section`` added at the end when it has none."""
+    """``page`` with the section of ``section``'s heading (its first line, up to the next "## " heading) replaced by
+    ``section``, or with ``section`` added at the end when it has none: each variant keeps its own section."""
     lines = page.rstrip("\n").split("\n") if page.strip() else ["# Performance"]
     new = section.rstrip("\n").split("\n")
-    if SECTION_TITLE in lines:
-        start = lines.index(SECTION_TITLE)
+    if new[0] in lines:
+        start = lines.index(new[0])
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
         lines[start:end] = new + ([""] if end < len(lines) else [])
     else:
@@ -281,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     env.pop(MIRROR_ENV, None)  # every book is local
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tt_scale_"))
     workdir.mkdir(parents=True, exist_ok=True)
-    variant = "varied" if args.varied else (f"books from {args.books_dir.name}/" if args.books_dir else "repeated")
+    variant = "varied" if args.varied else (f"from {args.books_dir.name}/" if args.books_dir else "repeated")
     result = {"benchmark": "scale", "cpu": processor_name(), "date": datetime.date.today().isoformat(),
               "variant": variant, "max_steps": args.max_steps, "eval_tokens": args.eval_tokens,
               "command": "python -m bench.scale " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -134,15 +134,14 @@ def test_a_varied_copy_shuffles_the_words_of_each_line_of_the_book_and_keeps_gut
         assert sorted(original.split()) == sorted(shuffled.split())
 
 
-def test_the_scale_section_replaces_its_own_and_keeps_the_rest_of_the_page():
+def test_the_scale_section_replaces_its_variants_own_and_keeps_the_rest_of_the_page():
     from bench.scale import replace_section
 
-    page = "# Performance\n\nintro\n\n## Training step\n\nold step\n\n## Corpus scale\n\nold\n\n## Generation\n\ngen\n"
-    replaced = replace_section(page, "## Corpus scale\n\nnew table\n")
-    assert replaced == "# Performance\n\nintro\n\n## Training step\n\nold step\n\n## Corpus scale\n\nnew table\n\n" \
-                       "## Generation\n\ngen\n"
-    assert replace_section("# Performance\n\nintro\n", "## Corpus scale\n\nt\n") == \
-        "# Performance\n\nintro\n\n## Corpus scale\n\nt\n"
+    page = "# Performance\n\nintro\n\n## Corpus scale: books repeated\n\nold\n\n## Generation\n\ngen\n"
+    replaced = replace_section(page, "## Corpus scale: books repeated\n\nnew table\n")
+    assert replaced == "# Performance\n\nintro\n\n## Corpus scale: books repeated\n\nnew table\n\n## Generation\n\ngen\n"
+    both = replace_section(replaced, "## Corpus scale: books varied\n\nother table\n")  # a variant of its own
+    assert both == replaced + "\n## Corpus scale: books varied\n\nother table\n"
 
 
 def test_scale_runs_each_stage_through_dvc_and_writes_its_table_into_the_page(shared_corpus, tmp_path):
@@ -155,8 +154,8 @@ def test_scale_runs_each_stage_through_dvc_and_writes_its_table_into_the_page(sh
                       env={"TT_CORPUS_MIRROR": str(shared_corpus)}, timeout=900)
     assert done.returncode == 0, done.stderr
     text = page.read_text()
-    assert text.startswith("# Performance\n\n## Generation\n\nkept\n\n## Corpus scale\n")
-    assert "the books varied as one directory source" in text and "3 training steps" in text
+    assert text.startswith("# Performance\n\n## Generation\n\nkept\n\n## Corpus scale: books varied\n")
+    assert "as one directory source" in text and "3 training steps" in text
     row = next(line for line in text.splitlines() if line.startswith("| 1 MB (3 books) |"))
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert float(cells[1]) > 2.5 and int(cells[2].replace(",", "")) > 0
