@@ -155,7 +155,7 @@ def test_scale_runs_each_stage_through_dvc_and_writes_its_table_into_the_page(sh
     assert done.returncode == 0, done.stderr
     text = page.read_text()
     assert text.startswith("# Performance\n\n## Generation\n\nkept\n\n## Corpus scale: books varied\n")
-    assert "as one directory source" in text and "3 training steps" in text
+    assert "each copy's words shuffled" in text and "3 training steps" in text
     row = next(line for line in text.splitlines() if line.startswith("| 1 MB (3 books) |"))
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert float(cells[1]) > 2.5 and int(cells[2].replace(",", "")) > 0
