@@ -31,6 +31,7 @@ BENCHMARKS = {
     "train_ablation": ["-m", "bench.train_ablation", "--json"],
     "time_to_loss": ["-m", "bench.time_to_loss", "--baseline", SEED_RECIPE, "--recipe", "", "--json"],
     "inference": ["-m", "bench.inference", "--json"],
+    "scale": ["-m", "bench.scale", "--json"],
 }
 
 
@@ -112,9 +113,39 @@ def inference(r: dict) -> list[str]:
             "", f"`{command('inference')}`"]
 
 
+SHELVES = {"repeated": "the default books in whole copies",
+           "varied": "the default books in whole copies, each copy's words shuffled within every line (seeded)"}
+
+
+def scale(r: dict) -> list[str]:
+    """bench.scale's table, which it also writes into the page by itself (its own command and date)."""
+    rows = []
+    for size in r["sizes"]:
+        stages = size["stages"]
+        cells = [f"{s['seconds']} s, {s['peak_rss_mb']:g} / {s['tree_peak_rss_mb']:g} MB"
+                 for s in (stages["download"], stages["tokenize"], stages["train"])]
+        disk = size["disk_mb"]
+        rows.append([f"{size['size_mb']:g} MB ({size['books']} books)", size["corpus_mb"], f"{size['tokens']:,}",
+                     *cells, size["train"]["tokens_per_sec"], size["train"]["evaluation_seconds"],
+                     size["train"]["checkpoint_seconds"], disk["books"], disk["data_and_cache"]])
+    shelf = SHELVES.get(r["variant"], f"the books {r['variant']}")
+    return [f"## Corpus scale: books {r['variant']}",
+            "",
+            f"Download, tokenize and {r['max_steps']} training steps (evaluating {r['eval_tokens']:,} tokens) through "
+            f"`dvc repro -s STAGE` in a fresh project per size; the books: {shelf}, in one directory source in books/. "
+            f"Measured on {r['date']}, on {r['cpu']}. Each stage: wall time, then peak RSS of its largest "
+            "process / of all its processes together. Disk: books/, and data/ with DVC's cache (hard-linked, each "
+            "file counted once).",
+            "",
+            *table(["books", "corpus MB", "tokens", "download", "tokenize", "train", "train tokens/s",
+                    "evaluation s", "checkpoint s", "books MB on disk", "data + cache MB"], rows),
+            "", f"`{r['command']}`"]
+
+
 SECTIONS: dict[str, Callable[[dict], list[str]]] = {"train_throughput": train_throughput,
                                                     "train_ablation": train_ablation,
-                                                    "time_to_loss": time_to_loss, "inference": inference}
+                                                    "time_to_loss": time_to_loss, "inference": inference,
+                                                    "scale": scale}
 
 
 PAGE_TITLE = "# Performance"

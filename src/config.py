@@ -13,11 +13,15 @@ none, and nested aliases can expand a few lines into billions of values.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import difflib
+import io
+import json
 import math
 import re
 import typing
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping
@@ -144,14 +148,18 @@ def vocab_size_field() -> Any:
 
 HTTP_SCHEMES = ("http://", "https://")
 TEXT_FORMATS = ("gutenberg", "plain")
+SOURCES_FILE_FORMATS = (".csv", ".jsonl")  # a sources file's suffix says how it is written
+_SOURCE_KEYS = ("name", "url", "language", "sha256", "format")
 
 
 @dataclass(frozen=True)
 class BookSource:
     name: str
-    url: str  # an http(s) URL, or a local file's path (relative to the project root, or absolute)
+    # An http(s) URL, or a local path (relative to the project root, or absolute): a file, or a directory in books/
+    # whose .txt files are each a book.
+    url: str
     language: str | None = None  # ISO 639-1; None: the Gutenberg header's Language line says
-    sha256: str | None = None  # required but for a file in books/, which DVC hashes (the download stage's dependency)
+    sha256: str | None = None  # required but in books/, which DVC hashes (the download stage's dependency)
     format: str = "gutenberg"  # gutenberg: strip Project Gutenberg's header, footer and licence | plain: keep all
 
     @property
@@ -160,14 +168,21 @@ class BookSource:
 
     @property
     def path(self) -> Path:
-        """A local source's file (a relative path is from the project root, where stages run)."""
+        """A local source's file or directory (a relative path is from the project root, where stages run)."""
         return Path(self.url).expanduser()
 
     @property
+    def is_directory(self) -> bool:
+        """A local directory (spelled with a final '/', or found to be one): each .txt file under it is a book."""
+        return self.is_local and (self.url.endswith("/") or self.path.is_dir())
+
+    @property
     def in_books(self) -> bool:
-        """A local file inside the project's books/ folder, which DVC hashes as the download stage's dependency."""
+        """Inside the project's books/ folder, which DVC hashes as the download stage's dependency (books/ itself
+        for a directory)."""
         parts = PurePosixPath(self.url).parts
-        return self.is_local and len(parts) > 1 and parts[0] == paths.BOOKS_DIR.name and ".." not in parts
+        inside = len(parts) > 1 or (self.url.endswith("/") and len(parts) == 1)
+        return self.is_local and inside and parts[0] == paths.BOOKS_DIR.name and ".." not in parts
 
     @property
     def file_name(self) -> str:
@@ -181,66 +196,152 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-def check_url(key: str, url: str) -> None:
-    """An http(s) URL whose path ends in a file name, or a local path naming a file (not '/', '.' or '..'); the
-    name at most MAX_FILE_NAME characters, so that data/raw/ can hold it and its temporary file."""
+@dataclass(frozen=True)
+class _Where:
+    """Where a source is written, as messages name it and its fields: params.yaml's 'corpus.sources[2].url', or a
+    sources file's "books/shelf.csv line 3: 'url'"."""
+    place: str
+    in_file: bool = False
+
+    def key(self, field_name: str | None = None) -> str:
+        if self.in_file:
+            return f"{self.place}: '{field_name}'" if field_name else self.place
+        return f"'{self.place}.{field_name}'" if field_name else f"'{self.place}'"
+
+
+def check_url(label: str, url: str) -> None:
+    """An http(s) URL whose path ends in a file name, or a local path naming a file or a directory (not '/', '.' or
+    '..'); the name at most MAX_FILE_NAME characters, so that data/raw/ can hold it and its temporary file.
+    ``label`` is how messages name the value ("'corpus.sources[0].url'", "books/x.csv row 2: 'url'", "--corpus-url")."""
     if url.startswith(HTTP_SCHEMES):
         try:
             parsed = urlparse(url)
         except ValueError as exc:  # a bracketed host that is not one: "Invalid IPv6 URL"
-            raise ConfigError(f"'{key}' = {url!r} is not a valid URL ({exc})") from None
+            raise ConfigError(f"{label} = {url!r} is not a valid URL ({exc})") from None
         name = parsed.path.rsplit("/", 1)[-1]
         ok = bool(parsed.netloc) and name not in ("", ".", "..")
     else:
         name = PurePosixPath(url).name
-        ok = not _SCHEME.match(url) and not url.endswith("/") and name not in ("", ".", "..")
+        ok = not _SCHEME.match(url) and name not in ("", ".", "..")
     if not ok:
-        raise ConfigError(f"'{key}' = {url!r} must be an http(s) URL of a file or a local file's path")
+        raise ConfigError(f"{label} = {url!r} must be an http(s) URL of a file or a local file's or directory's path")
     if len(name) > MAX_FILE_NAME:
-        raise ConfigError(f"'{key}': its file name is {len(name)} characters long, more than the {MAX_FILE_NAME} "
+        raise ConfigError(f"{label}: its file name is {len(name)} characters long, more than the {MAX_FILE_NAME} "
                           f"a book's may have")
 
 
-def _source_rule(where: str, item: Any) -> BookSource:
+def _source_rule(where: _Where, item: Any) -> BookSource:
     if not isinstance(item, Mapping):
-        raise ConfigError(f"'{where}' must be a mapping with name, url and (for http) sha256")
-    unknown = set(map(str, item)) - {f.name for f in dataclasses.fields(BookSource)}
+        raise ConfigError(f"{where.key()} must be a mapping with name, url and (for http) sha256")
+    item = dict(item)
+    if "path" in item:  # a local source's other name for url
+        if "url" in item:
+            raise ConfigError(f"{where.key()} has both url and path: give one")
+        item["url"] = item.pop("path")
+    unknown = set(map(str, item)) - set(_SOURCE_KEYS)
     if unknown:
-        raise ConfigError(f"'{where}' has unknown keys: {', '.join(sorted(unknown))} (allowed: name, url, "
-                          f"language, sha256, format)")
+        raise ConfigError(f"{where.key()} has unknown keys: {', '.join(sorted(unknown))} (allowed: name, url or "
+                          f"path, language, sha256, format)")
     for required in ("name", "url"):
         if not isinstance(item.get(required), str) or not item[required]:
-            raise ConfigError(f"'{where}.{required}' must be a non-empty string")
+            raise ConfigError(f"{where.key(required)} must be a non-empty string")
     if not _NAME.match(item["name"]):
-        raise ConfigError(f"'{where}.name' = {item['name']!r} may only use letters, digits, '_', '.', '-'")
-    check_url(f"{where}.url", item["url"])
+        raise ConfigError(f"{where.key('name')} = {item['name']!r} may only use letters, digits, '_', '.', '-'")
+    check_url(where.key("url"), item["url"])
     if item.get("language") is not None and not is_language_code(item["language"]):
-        raise ConfigError(f"'{where}.language' = {item['language']!r} is not an ISO 639-1 code (two letters: "
+        raise ConfigError(f"{where.key('language')} = {item['language']!r} is not an ISO 639-1 code (two letters: "
                           f"en, fr, de, zh, ...)")
     sha256 = item.get("sha256")
+    located = BookSource(item["name"], item["url"])
+    if located.is_directory:
+        if not located.in_books:
+            raise ConfigError(f"{where.key('url')} = {item['url']!r} is a directory outside {paths.BOOKS_DIR}/: one "
+                              f"sha256 cannot pin a directory, DVC hashes {paths.BOOKS_DIR}/: move it there")
+        if sha256 is not None:
+            raise ConfigError(f"{where.key('sha256')} pins a file, and {item['url']!r} is a directory (DVC hashes "
+                              f"{paths.BOOKS_DIR}/): leave sha256 out")
     if sha256 is None and item["url"].startswith(HTTP_SCHEMES):
-        raise ConfigError(f"'{where}.sha256' is required for an http(s) source: the corpus never changes "
+        raise ConfigError(f"{where.key('sha256')} is required for an http(s) source: the corpus never changes "
                           f"silently (./scripts/train_pipeline.sh --corpus-url prints it)")
-    if sha256 is None and not BookSource(item["name"], item["url"]).in_books:
-        raise ConfigError(f"'{where}.sha256' is required for a local file outside {paths.BOOKS_DIR}/ (DVC hashes the "
-                          f"books there): move it there, or pin it (`sha256sum FILE` prints it; "
+    if sha256 is None and not located.in_books:
+        raise ConfigError(f"{where.key('sha256')} is required for a local file outside {paths.BOOKS_DIR}/ (DVC hashes "
+                          f"the books there): move it there, or pin it (`sha256sum FILE` prints it; "
                           f"./scripts/train_pipeline.sh --corpus-url pins it)")
     if sha256 is not None and not (isinstance(sha256, str) and _SHA256.match(sha256)):
-        raise ConfigError(f"'{where}.sha256' = {sha256!r} must be 64 lowercase hex digits")
-    _choice_rule(TEXT_FORMATS)(f"{where}.format", item.get("format", "gutenberg"))
+        raise ConfigError(f"{where.key('sha256')} = {sha256!r} must be 64 lowercase hex digits")
+    text_format = item.get("format", "gutenberg")
+    if text_format not in TEXT_FORMATS:
+        raise ConfigError(f"{where.key('format')} = {text_format!r} is not allowed: must be one of "
+                          f"{', '.join(TEXT_FORMATS)}")
     return BookSource(**item)
 
 
 def _sources_rule(key: str, items: Any) -> tuple[BookSource, ...]:
-    if not isinstance(items, list) or not items:
-        raise ConfigError(f"'{key}' must be a non-empty list of books")
-    books = tuple(_source_rule(f"{key}[{i}]", item) for i, item in enumerate(items))
-    for attr in ("name", "file_name"):
-        seen = [getattr(b, attr) for b in books]
-        dupes = sorted({v for v in seen if seen.count(v) > 1})
+    """The books listed in params.yaml: none when a sources file lists them all."""
+    if not isinstance(items, list):
+        raise ConfigError(f"'{key}' must be a list of books (empty when 'corpus.sources_file' lists them)")
+    return tuple(_source_rule(_Where(f"{key}[{i}]"), item) for i, item in enumerate(items))
+
+
+def _sources_file_rule(key: str, value: Any) -> str | None:
+    """A CSV or JSON-lines file in books/ (DVC hashes the folder, so editing it re-runs the pipeline), or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or PurePosixPath(value).suffix not in SOURCES_FILE_FORMATS:
+        raise ConfigError(f"'{key}' = {value!r} is not valid: must be a .csv or .jsonl file in {paths.BOOKS_DIR}/, "
+                          f"or null")
+    if not BookSource("sources", value).in_books:
+        raise ConfigError(f"'{key}' = {value!r} must be in {paths.BOOKS_DIR}/, which DVC hashes, so that editing it "
+                          f"re-runs the pipeline: move it there")
+    return value
+
+
+def _file_rows(path: Path) -> list[tuple[int, dict]]:
+    """(line number, row) of each book a sources file lists: a CSV with a header row, or a JSON object a line."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+        rows = []
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return rows
+            except csv.Error as exc:  # from the line after the last row read
+                raise ConfigError(f"{path} line {reader.line_num + 1}: not valid CSV ({exc})") from None
+            if None in row or None in row.values():
+                raise ConfigError(f"{path} line {reader.line_num}: not one value for each column of the header "
+                                  f"({', '.join(reader.fieldnames or ())})")
+            rows.append((reader.line_num, {k.strip(): v.strip() for k, v in row.items() if v.strip()}))
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append((number, json.loads(line)))
+            except ValueError as exc:
+                raise ConfigError(f"{path} line {number}: not a JSON object ({exc})") from None
+    return rows
+
+
+def read_sources_file(name: str) -> tuple[BookSource, ...]:
+    """The books a sources file lists (relative to the project root, where stages run), each checked as a
+    params.yaml source is; ConfigError naming the file and the line."""
+    path = Path(name)
+    try:
+        rows = _file_rows(path)
+    except FileNotFoundError:
+        raise ConfigError(f"'corpus.sources_file' = {name!r}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"'corpus.sources_file' = {name!r} cannot be read ({exc})") from None
+    return tuple(_source_rule(_Where(f"{name} line {number}", in_file=True), row) for number, row in rows)
+
+
+def _check_unique(books: tuple[BookSource, ...], where: str) -> None:
+    """Names are unique, and so are the file names of the books downloaded into data/raw/."""
+    for attr, among in (("name", books), ("file_name", [b for b in books if not b.is_local])):
+        dupes = sorted(v for v, n in Counter(getattr(b, attr) for b in among).items() if n > 1)
         if dupes:
-            raise ConfigError(f"'{key}' has duplicate book {attr}s: {', '.join(dupes)}")
-    return books
+            raise ConfigError(f"{where} has duplicate book {attr}s: {', '.join(dupes)}")
 
 
 def _file_name_rule(key: str, value: Any) -> str:
@@ -267,6 +368,9 @@ def _prompts_rule(key: str, prompts: Any) -> dict[str, str]:
 @dataclass(frozen=True)
 class CorpusConfig:
     sources: tuple[BookSource, ...] = param("corpus.sources", _sources_rule)
+    # A CSV or JSON-lines file in books/ listing more books, one a row, with the same keys (None: no file).
+    sources_file: str | None = param("corpus.sources_file", _sources_file_rule)
+    parallel_downloads: int = number("corpus.parallel_downloads", int, 1, 64)  # http(s) books fetched at once
     timeout_s: float = number("corpus.timeout_s", float, 0.1, 3600)  # the longest wait for any one read
     # The longest one book's download may take, every attempt and backoff included.
     max_download_s: float = number("corpus.max_download_s", float, 1, 86_400)
@@ -274,6 +378,16 @@ class CorpusConfig:
     backoff_s: float = number("corpus.backoff_s", float, 0, 600)
     max_download_mb: float = number("corpus.max_download_mb", float, 0, 10_000, lo_open=True)
     min_free_disk_gb: float = number("corpus.min_free_disk_gb", float, 0, 1_000_000)
+    # Every source: params.yaml's, then the sources file's (read and checked here, once).
+    books: tuple[BookSource, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        books = self.sources + (read_sources_file(self.sources_file) if self.sources_file else ())
+        if not books:
+            raise ConfigError("'corpus.sources' is empty and 'corpus.sources_file' is null: list the books in one "
+                              "of them")
+        _check_unique(books, "'corpus.sources'" + (f" with {self.sources_file}" if self.sources_file else ""))
+        object.__setattr__(self, "books", books)
 
 
 @dataclass(frozen=True)
@@ -323,6 +437,9 @@ class TokenizerConfig:
     # sentencepiece's training threads. The tokenizer it learns depends on their number, so it is a param,
     # not the machine's core count: every machine learns the same tokenizer from the same corpus.
     threads: int = number("tokenizer.threads", int, 1, 256)
+    # The training text sentencepiece learns from, at most (MB of UTF-8): the whole when there is no more, else a
+    # random sample of its lines drawn with ``seed``. Its memory grows with the sample, never with the corpus.
+    sample_mb: float = number("tokenizer.sample_mb", float, 0, 100_000, lo_open=True)
     seed: int = seed_field()
 
 
@@ -459,7 +576,7 @@ class Config:
     def __post_init__(self) -> None:
         """The names must say what the files hold: the corpus's languages (where params name them all; the
         download stage checks the rest) and the vocabulary size."""
-        languages = [source.language for source in self.corpus.sources]
+        languages = [source.language for source in self.corpus.books]
         if all(languages):
             self.corpus_name.check_languages(languages)
         expected = paths.tokenizer_name(self.corpus_name.name, self.tokenizer.vocab_size)
@@ -475,11 +592,16 @@ _SECTION_TYPES = (CorpusName, TokenizerName, CorpusConfig, SplitConfig, Tokenize
 _NESTED_TYPES = (BudgetConfig,)
 
 
+def _read_from_params(f: dataclasses.Field) -> bool:
+    """A field read from a params.yaml key (the others a section derives from those)."""
+    return f.init
+
+
 def params_keys(*sections: type) -> list[str]:
     """The params.yaml keys the given section classes read, in declaration order."""
     keys: list[str] = []
     for section in sections:
-        for f in dataclasses.fields(section):
+        for f in filter(_read_from_params, dataclasses.fields(section)):
             nested = f.metadata.get("section")
             for key in params_keys(nested) if nested else [f.metadata["key"]]:
                 if key not in keys:
@@ -506,7 +628,7 @@ def _lookup(raw: Mapping[str, Any], key: str) -> Any:
 
 def _build(section: type, raw: Mapping[str, Any]) -> Any:
     values = {}
-    for f in dataclasses.fields(section):
+    for f in filter(_read_from_params, dataclasses.fields(section)):
         nested = f.metadata.get("section")
         values[f.name] = _build(nested, raw) if nested else f.metadata["rule"](f.metadata["key"],
                                                                                _lookup(raw, f.metadata["key"]))
@@ -555,7 +677,7 @@ def names_called_for(raw: Any, source: str = "params.yaml") -> dict[str, str]:
         if not isinstance(raw, Mapping):
             raise ConfigError("the top level must be a mapping of keys to values")
         corpus, tokenizer = _build(CorpusConfig, raw), _build(TokenizerConfig, raw)
-        languages = [book.language for book in corpus.sources]
+        languages = [book.language for book in corpus.books]
         name = paths.corpus_name(languages) if all(languages) else _file_name_rule(
             "names.corpus", _lookup(raw, "names.corpus"))
         return {"corpus": name, "tokenizer": paths.tokenizer_name(name, tokenizer.vocab_size)}

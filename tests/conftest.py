@@ -58,7 +58,8 @@ def shared_corpus() -> Path:
 class BookServer(ThreadingHTTPServer):
     """Serves a directory, or misbehaves as ``mode`` says: 404, 500, truncated, slow, flaky, drip (the right
     Content-Length, then 200 bytes a second), stall (half the body, then nothing until the server stops),
-    redirect (302 to ``redirect_to``). ``/moved/<file>`` is always a 301 to ``/<file>``."""
+    redirect (302 to ``redirect_to``), late (the whole body after a pause). ``/moved/<file>`` is always a 301 to
+    ``/<file>``. ``most_at_once``: the most requests it was answering at the same time."""
 
     daemon_threads = True
 
@@ -70,6 +71,8 @@ class BookServer(ThreadingHTTPServer):
         self.redirect_to = ""
         self.requests: list[str] = []
         self.stopping = threading.Event()  # ends a "stall" or a "drip"
+        self.at_once = self.most_at_once = 0
+        self.counting = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -86,6 +89,17 @@ class _Handler(SimpleHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
+        server = self.server
+        with server.counting:
+            server.at_once += 1
+            server.most_at_once = max(server.most_at_once, server.at_once)
+        try:
+            self._answer()
+        finally:
+            with server.counting:
+                server.at_once -= 1
+
+    def _answer(self) -> None:
         server = self.server
         server.requests.append(self.path)
         mode = server.mode
@@ -136,6 +150,9 @@ class _Handler(SimpleHTTPRequestHandler):
             if mode == "slow":
                 time.sleep(1.5)  # past the client's timeout
             self.close_connection = True
+        elif mode == "late":
+            server.stopping.wait(0.5)
+            super().do_GET()
         else:
             super().do_GET()
 

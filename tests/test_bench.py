@@ -2,11 +2,12 @@
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
 
-from tests.conftest import run_module
+from tests.conftest import TINY_PARAMS, run_module
 
 
 def test_train_throughput_reports_both_variants(tiny_pipeline):
@@ -132,3 +133,49 @@ def test_performance_page_replaces_only_a_page_it_wrote(tmp_path):
     (tmp_path / "data").mkdir()
     refused = run_module("bench.performance_page", tmp_path, "--load", str(saved), "--out", "data/PERFORMANCE.md")
     assert refused.returncode == 2 and "lies in the project's own data/" in refused.stderr
+
+
+def test_a_varied_copy_shuffles_the_words_of_each_line_of_the_book_and_keeps_gutenbergs_markers():
+    from bench.scale import shuffled_words
+
+    text = (b"The Project Gutenberg eBook\r\nLanguage: English\r\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\r\n"
+            b"It is a truth universally acknowledged, that a single man\r\n\r\nin possession of a good fortune\r\n"
+            b"   *** END OF THE PROJECT GUTENBERG EBOOK X ***\r\nlicence text here\r\n")
+    first, again, other = shuffled_words(text, 1), shuffled_words(text, 1), shuffled_words(text, 2)
+    assert first == again and first != other and first != text
+    head, body = text.split(b"EBOOK X ***\r\n", 1)[0], text.split(b"\r\n")
+    assert first.startswith(head)
+    assert first.endswith(b"\r\n   *** END OF THE PROJECT GUTENBERG EBOOK X ***\r\nlicence text here\r\n")
+    for original, shuffled in zip(body, first.split(b"\r\n")):
+        assert sorted(original.split()) == sorted(shuffled.split())
+
+
+def test_the_scale_section_replaces_its_variants_own_and_keeps_the_rest_of_the_page():
+    from bench.scale import replace_section
+
+    page = "# Performance\n\nintro\n\n## Corpus scale: books repeated\n\nold\n\n## Generation\n\ngen\n"
+    replaced = replace_section(page, "## Corpus scale: books repeated\n\nnew table\n")
+    assert replaced == "# Performance\n\nintro\n\n## Corpus scale: books repeated\n\nnew table\n\n## Generation\n\ngen\n"
+    both = replace_section(replaced, "## Corpus scale: books varied\n\nother table\n")  # a variant of its own
+    assert both == replaced + "\n## Corpus scale: books varied\n\nother table\n"
+
+
+def test_scale_runs_each_stage_through_dvc_and_writes_its_table_into_the_page(shared_corpus, tmp_path):
+    page = tmp_path / "PERFORMANCE.md"
+    page.write_text("# Performance\n\n## Generation\n\nkept\n")
+    overrides = [arg for key, value in TINY_PARAMS.items() if not key.startswith("validate.")
+                 for arg in ("--set", f"{key}={json.dumps(value)}")]
+    done = run_module("bench.scale", tmp_path, "--sizes", "1", "--varied", "--max-steps", "3", "--eval-tokens", "512",
+                      *overrides, "--workdir", str(tmp_path / "work"), "--out", str(page),
+                      env={"TT_CORPUS_MIRROR": str(shared_corpus)}, timeout=900)
+    assert done.returncode == 0, done.stderr
+    text = page.read_text()
+    assert text.startswith("# Performance\n\n## Generation\n\nkept\n\n## Corpus scale: books varied\n")
+    assert "each copy's words shuffled" in text and "3 training steps" in text
+    row = next(line for line in text.splitlines() if line.startswith("| 1 MB (3 books) |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert float(cells[1]) > 2.5 and int(cells[2].replace(",", "")) > 0
+    for stage in cells[3:6]:  # wall time, then the peak RSS of its largest process and of its tree
+        assert re.fullmatch(r"[\d.]+ s, [\d.]+ / [\d.]+ MB", stage), stage
+    assert float(cells[6]) > 0 and float(cells[9]) > 2.5 and float(cells[10]) > 0
+    assert not list((tmp_path / "work").iterdir())  # each size's project is removed

@@ -94,7 +94,7 @@ def test_bad_input_exits_1_with_a_clear_message(tiny_pipeline, args, message):
 def test_a_tokenizer_with_other_pieces_of_the_same_size_is_refused(tiny_pipeline, tmp_path):
     """Same vocabulary size, other pieces: it would load and generate garbage without the sha256 check."""
     lines = (tiny_pipeline / "data/corpus_bilingual.txt").read_text(encoding="utf-8").splitlines()[:20000]
-    cfg = TokenizerConfig(vocab_size=1000, model_type="bpe", character_coverage=0.9995, threads=2, seed=1)
+    cfg = TokenizerConfig(vocab_size=1000, model_type="bpe", character_coverage=0.9995, threads=2, sample_mb=20, seed=1)
     other = train_tokenizer([line for line in lines if line.strip()], cfg, tmp_path / "bpe.model", tmp_path / "bpe.vocab")
     assert other.get_piece_size() == torch.load(tiny_pipeline / "data/best_model.pt")["shape"]["vocab_size"]
     done = generate(tiny_pipeline, "--prompt", "hi", *CHECKPOINT, "--tokenizer", str(tmp_path / "bpe.model"))

@@ -53,6 +53,12 @@ def test_project_params_load_with_the_seed_defaults():
     ("train.device", "tpu", "'train.device' = 'tpu' is not allowed: must be one of auto, cpu, cuda"),
     ("train.nproc", 0, "'train.nproc' = 0 is out of range: must be an integer in [1, 256]"),
     ("train.nproc", 5, "'batch_size' = 32 must split evenly over 'train.nproc' = 5 workers"),
+    ("corpus.parallel_downloads", 0, "'corpus.parallel_downloads' = 0 is out of range: must be an integer in [1, 64]"),
+    ("tokenizer.sample_mb", 0, "'tokenizer.sample_mb' = 0 is out of range: must be a number in (0, 100000]"),
+    ("corpus.sources_file", "shelf.csv", "'corpus.sources_file' = 'shelf.csv' must be in books/"),
+    ("corpus.sources_file", "books/shelf.txt", "'corpus.sources_file' = 'books/shelf.txt' is not valid: must be a "
+                                               ".csv or .jsonl file in books/, or null"),
+    ("corpus.sources_file", "books/none.csv", "'corpus.sources_file' = 'books/none.csv': no such file"),
 ])
 def test_bad_values_name_the_key_the_value_and_the_range(key, value, expected):
     with pytest.raises(ConfigError) as err:
@@ -70,9 +76,10 @@ def source(**changes):
     (source(language="French"), "'corpus.sources[0].language' = 'French' is not an ISO 639-1 code"),
     (source(sha256=None), "'corpus.sources[0].sha256' is required for an http(s) source"),
     (source(format="markdown"), "'corpus.sources[0].format' = 'markdown' is not allowed: must be one of gutenberg, plain"),
-    (source(url="books/"), "must be an http(s) URL of a file or a local file's path"),
-    (source(url="file:///books/a.txt"), "must be an http(s) URL of a file or a local file's path"),
-    (source(url="a.txt") + source(name="other", url="elsewhere/a.txt"), "duplicate book file_names: a.txt"),
+    (source(url="/"), "must be an http(s) URL of a file or a local file's or directory's path"),
+    (source(url="file:///books/a.txt"), "must be an http(s) URL of a file or a local file's or directory's path"),
+    (source(url="https://a.org/x/a.txt") + source(name="other", url="https://b.org/a.txt"),
+     "duplicate book file_names: a.txt"),
     (source(sha256="XYZ"), "'corpus.sources[0].sha256' = 'XYZ' must be 64 lowercase hex digits"),
     (source(url="ftp://example.org/book.txt"), "'corpus.sources[0].url' = 'ftp://example.org/book.txt' must be an http(s) URL"),
     (source(url="https://example.org/"), "must be an http(s) URL of a file"),
@@ -86,7 +93,9 @@ def source(**changes):
     (source(edition=2), "'corpus.sources[0]' has unknown keys: edition"),
     (source(name=""), "'corpus.sources[0].name' must be a non-empty string"),
     (source() + source(), "duplicate book names: book"),
-    ([], "'corpus.sources' must be a non-empty list"),
+    ([], "'corpus.sources' is empty and 'corpus.sources_file' is null: list the books in one of them"),
+    ({"name": "a"}, "'corpus.sources' must be a list of books"),
+    (source(url="books/shelf/"), "'corpus.sources[0].sha256' pins a file, and 'books/shelf/' is a directory"),
 ])
 def test_bad_sources_are_refused(books, expected):
     with pytest.raises(ConfigError) as err:
@@ -203,7 +212,7 @@ def test_validate_prompts_are_keyed_by_language(prompts, expected):
 def test_params_keys_follow_the_sections():
     assert params_keys(SplitConfig, TokenizerConfig) == [
         "split.holdout_fraction", "vocab_size", "tokenizer.model_type", "tokenizer.character_coverage",
-        "tokenizer.threads", "seed"]
+        "tokenizer.threads", "tokenizer.sample_mb", "seed"]
     assert "corpus.sources" in params_keys(CorpusConfig)
     assert params_keys(TrainConfig)[:4] == ["epochs", "batch_size", "learning_rate", "max_seq_length"]
 
@@ -268,6 +277,92 @@ def test_any_value_under_any_key_loads_or_is_named_in_one_line(key, value):
 def test_any_url_is_taken_or_named_in_one_line(rest):
     for url in (f"http://{rest}", f"https://{rest}/book.txt"):
         try:
-            check_url("corpus.sources[0].url", url)
+            check_url("'corpus.sources[0].url'", url)
         except ConfigError as exc:
             assert str(exc).startswith("'corpus.sources[0].url' = ") and "\n" not in str(exc)
+
+
+# --- books listed in a sources file, and directories of books -------------------------------------------------------
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """An empty project root (stages run there: a sources file's path is from it), with a books/ folder."""
+    (tmp_path / "books").mkdir()
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def with_sources(sources_file, sources=()):
+    params = with_value("corpus.sources", list(sources))
+    params["corpus"]["sources_file"] = sources_file
+    return params
+
+
+SHELF_CSV = """name,url,language,sha256,format
+alice,https://example.org/pg11.txt,,%s,
+notes, books/notes_fr.txt ,fr,,plain
+""" % ("a" * 64)
+SHELF_JSONL = """{"name": "alice", "url": "https://example.org/pg11.txt", "sha256": "%s"}
+
+{"name": "notes", "path": "books/notes_fr.txt", "language": "fr", "format": "plain"}
+""" % ("a" * 64)
+
+
+@pytest.mark.parametrize("name, text", [("shelf.csv", SHELF_CSV), ("shelf.jsonl", SHELF_JSONL)])
+def test_a_sources_file_lists_books_after_the_params_ones(project, name, text):
+    (project / "books" / name).write_text(text)
+    cfg = config_from_dict(with_sources(f"books/{name}", source(name="first")))
+    corpus = cfg.corpus
+    assert [s.name for s in corpus.sources] == ["first"]  # params.yaml's list, as written
+    assert corpus.books == (
+        BookSource("first", "https://example.org/files/book.txt", "en", "a" * 64),
+        BookSource("alice", "https://example.org/pg11.txt", None, "a" * 64),
+        BookSource("notes", "books/notes_fr.txt", "fr", None, "plain"))
+    french_only = with_sources(f"books/{name}")
+    french_only["names"]["corpus"] = "fr"
+    assert names_called_for(french_only)["corpus"] == "fr"  # alice's language is her header's: names.* as they are
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("name,url\nnotes,/srv/notes.txt\n", "books/shelf.csv line 2: 'sha256' is required for a local file outside"),
+    ("name,url,edition\nnotes,books/n.txt,2\n", "books/shelf.csv line 2 has unknown keys: edition"),
+    ("name,url\nnotes,books/n.txt,extra\n", "books/shelf.csv line 2: not one value for each column of the header"),
+    ("name,url\nnotes\n", "books/shelf.csv line 2: not one value for each column of the header (name, url)"),
+    ("name,url\nok,books/a.txt\n\nbad name,books/b.txt\n", "books/shelf.csv line 4: 'name' = 'bad name' may only use"),
+    ("name,url,path\nnotes,books/n.txt,books/m.txt\n", "books/shelf.csv line 2 has both url and path: give one"),
+    ('name,url\n"notes,books/n.txt\n', "books/shelf.csv line 2: not valid CSV"),
+    ("name,url\na,books/a.txt\na,books/b.txt\n", "'corpus.sources' with books/shelf.csv has duplicate book names: a"),
+])
+def test_a_bad_row_of_a_sources_file_is_named_by_its_file_and_line(project, text, expected):
+    (project / "books/shelf.csv").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(with_sources("books/shelf.csv"))
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("line, expected", [
+    ('{"name": "a", "url": "books/a.txt", "language": "xx"}', "books/shelf.jsonl line 2: 'language' = 'xx' is not"),
+    ('["a", "books/a.txt"]', "books/shelf.jsonl line 2 must be a mapping with name, url"),
+    ('{"name": "a", "url": ', "books/shelf.jsonl line 2: not a JSON object"),
+    ('{"name": "first", "url": "books/a.txt"}', "duplicate book names: first"),
+])
+def test_a_bad_line_of_a_json_lines_sources_file_is_named(project, line, expected):
+    (project / "books/shelf.jsonl").write_text('{"name": "b", "url": "books/b.txt"}\n' + line + "\n")
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(with_sources("books/shelf.jsonl", source(name="first")))
+    assert expected in str(err.value)
+
+
+def test_a_directory_in_books_is_a_source_and_one_elsewhere_is_refused_in_one_line(project):
+    (project / "books/shelf").mkdir()
+    (project / "elsewhere").mkdir()
+    shelf = {"name": "shelf", "url": "books/shelf", "language": "fr", "format": "plain"}
+    params = with_value("corpus.sources", [shelf, {**shelf, "name": "all", "url": "books/"}])
+    params["names"] = names_called_for(params)
+    books = config_from_dict(params)
+    assert [(b.is_directory, b.in_books) for b in books.corpus.books] == [(True, True), (True, True)]
+    for url in ("elsewhere", str(project / "books/shelf"), "books/../elsewhere/"):
+        with pytest.raises(ConfigError) as err:
+            config_from_dict(with_value("corpus.sources", [{**shelf, "url": url}]))
+        assert str(err.value) == (f"params.yaml: 'corpus.sources[0].url' = {url!r} is a directory outside books/: one "
+                                  f"sha256 cannot pin a directory, DVC hashes books/: move it there")

@@ -1,9 +1,12 @@
+import io
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from src.data.corpus import SEAM_SEARCH_BYTES, assemble, part_text, read_index, split_books, write_index
-from src.pipeline.download import corpus_metrics
+from src.data.corpus import (SEAM_SEARCH_BYTES, CorpusWriter, assemble, line_chunks, part_text, read_index,
+                             split_books, write_index)
+from src.pipeline.download import Tally, corpus_metrics
 
 BOOKS = [("one", "en", "First line.\nSecond line.\nThird line ends.\n\nLast paragraph here."),
          ("dos", "es", "Línea uno.\nLínea dos con eñe.\nÚltima línea aquí.")]
@@ -73,11 +76,36 @@ def test_every_book_of_two_characters_or_more_splits_into_two_valid_parts_near_t
     assert abs(split.validation[0] - target) <= SEAM_SEARCH_BYTES + 4
 
 
-def test_corpus_metrics_shares():
-    corpus, spans = assemble(BOOKS)
-    metrics = corpus_metrics(corpus, spans)
-    assert metrics["bytes"] == len(corpus)
-    assert metrics["books"]["dos"]["characters"] == len(BOOKS[1][2])
-    assert metrics["books"]["dos"]["bytes"] == len(BOOKS[1][2].encode())
+def test_corpus_metrics_count_the_books_and_each_languages_share_in_a_fixed_number_of_figures():
+    corpus, _ = assemble(BOOKS)
+    languages = {"en": Tally(), "es": Tally()}
+    for _, language, text in BOOKS:
+        languages[language].add(len(text.encode()), len(text))
+    metrics = corpus_metrics(len(corpus), languages)
+    assert (metrics["bytes"], metrics["characters"], metrics["books"]) == (len(corpus), len(corpus.decode()), 2)
+    assert metrics["languages"]["es"] == {"bytes": len(BOOKS[1][2].encode()), "characters": len(BOOKS[1][2]),
+                                          "share": round(len(BOOKS[1][2]) / (len(BOOKS[0][2]) + len(BOOKS[1][2])), 6)}
     assert sum(v["share"] for v in metrics["languages"].values()) == pytest.approx(1.0, abs=1e-5)
-    assert metrics["languages"]["es"]["share"] == metrics["books"]["dos"]["share"]
+    assert set(metrics) == {"bytes", "characters", "books", "languages"}  # no figure per book: those are a report's
+
+
+def test_the_writer_appends_books_as_assemble_joins_them():
+    out = io.BytesIO()
+    writer = CorpusWriter(out)
+    spans = [writer.add(name, language, text.encode()) for name, language, text in BOOKS]
+    writer.finish()
+    assert (out.getvalue(), spans) == assemble(BOOKS) and writer.size == len(out.getvalue())
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(text=st.text(alphabet="ab\n é", max_size=300), limit=st.integers(1, 40))
+def test_line_chunks_cover_the_range_and_end_at_line_breaks(text, limit):
+    corpus = b"xx" + text.encode() + b"yy"
+    chunks = line_chunks(corpus, (2, len(corpus) - 2), limit)
+    assert chunks[0][0] == 2 and chunks[-1][1] == len(corpus) - 2
+    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+    for start, end in chunks[:-1]:
+        assert corpus[end - 1:end] == b"\n"  # valid UTF-8 on either side, and no piece spans the cut
+        assert end - start <= limit or b"\n" not in corpus[start:end - 1]  # longer: a single line
+    if len(corpus) - 4 <= limit:
+        assert len(chunks) == 1

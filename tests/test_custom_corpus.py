@@ -119,7 +119,7 @@ def test_corpus_url_prints_the_pinned_sources_of_http_and_local_books(workdir, b
     (["--corpus-url", "books/notes_fr.txt", "--corpus-language", "french"], 1, "'french' is not an ISO 639-1 code"),
     (["--corpus-language", "fr"], 1, "--corpus-language must follow the --corpus-url"),
     (["--corpus-url", "books/missing.txt"], 2, "does not exist"),
-    (["--corpus-url", "http://[::1/pg11.txt"], 1, "'--corpus-url' = 'http://[::1/pg11.txt' is not a valid URL"),
+    (["--corpus-url", "http://[::1/pg11.txt"], 1, "--corpus-url = 'http://[::1/pg11.txt' is not a valid URL"),
     (["--corpus-url", "http://127.0.0.1:port/pg11.txt"], 2, "is not a valid URL (nonnumeric port: 'port')"),
     (["--corpus-url", "b" * 5000], 1, "its file name is 5000 characters long, more than the 200"),
     (["--corpus-url", "b/" * 2500 + "book.txt"], 2, "cannot be read (File name too long)"),
@@ -193,3 +193,55 @@ def test_train_pipeline_corpus_url_runs_an_experiment_on_the_given_books(tiny_re
         ("pg11", f"{book_server.url}/pg11.txt", "en", 64), ("notes_fr", str(notes), "fr", 64)]
     shown = tiny_repo.dvc("exp", "show", "--json").stdout
     assert "notes_fr" in shown
+
+
+# --- a shelf: a directory of books, and a sources file -------------------------------------------------------------
+
+def test_a_directorys_books_and_a_sources_files_join_the_corpus_read_where_they_are(workdir, book_server):
+    shelf = workdir / "books/shelf"
+    (shelf / "tome2").mkdir(parents=True)
+    french = FRENCH.read_text()
+    (shelf / "b.txt").write_text(french)
+    (shelf / "tome2/a.txt").write_text(french.upper())
+    (shelf / "notes.md").write_text("not a book: only the .txt files are")
+    (workdir / "books/list.csv").write_text(f"name,url,language,sha256\nquijote,{book_server.url}/pg2000.txt,es,"
+                                            f"{PG2000_SHA}\n")
+    (workdir / "data/raw").mkdir(parents=True)
+    (workdir / "data/raw/notes_fr.txt").write_text("a copy an earlier version made of a local book")
+    write_params(workdir, {"corpus.sources": [{"name": "shelf", "url": "books/shelf/", "language": "fr",
+                                               "format": "plain"}],
+                           "corpus.sources_file": "books/list.csv", "names.corpus": "bilingual"})
+    done = run_module("src.pipeline.download", workdir)
+    assert done.returncode == 0, done.stderr
+    books = json.loads((workdir / "data/corpus_sources.json").read_text())["books"]
+    assert [(b["name"], b["url"], b["language"]) for b in books] == [
+        ("shelf/b.txt", "books/shelf/b.txt", "fr"), ("shelf/tome2/a.txt", "books/shelf/tome2/a.txt", "fr"),
+        ("quijote", f"{book_server.url}/pg2000.txt", "es")]
+    assert books[0]["sha256"] == hashlib.sha256(french.encode()).hexdigest()
+    assert books[0]["characters"] == len(french.strip()) and books[0]["bytes"] == len(french.strip().encode())
+    corpus = (workdir / "data/corpus_bilingual.txt").read_text()
+    assert corpus.startswith(french.strip() + "\n\n" + french.upper().strip() + "\n\nEl ingenioso hidalgo")
+    assert sorted(p.name for p in (workdir / "data/raw").iterdir()) == ["pg2000.txt"]  # local books stay put
+    metrics = json.loads((workdir / "metrics/corpus.json").read_text())["corpus"]
+    assert metrics["books"] == 3 and sorted(metrics["languages"]) == ["es", "fr"]
+    assert "shelf" not in json.dumps(metrics)  # no figure per book: `dvc exp show` keeps its columns
+
+
+def test_a_directory_without_books_is_refused(workdir):
+    (workdir / "books/empty").mkdir()
+    (workdir / "books/empty/readme.md").write_text("no .txt here")
+    write_params(workdir, {"corpus.sources": [{"name": "empty", "url": "books/empty", "language": "fr"}],
+                           "names.corpus": "fr", "names.tokenizer": "fr_1k"})
+    done = run_module("src.pipeline.download", workdir)
+    assert done.returncode == 2 and "corpus.sources[0]: books/empty holds no .txt file" in done.stderr, done.stderr
+
+
+def test_a_sources_file_book_without_a_language_is_named_by_its_row(workdir):
+    (workdir / "books/list.jsonl").write_text('{"name": "notes", "path": "books/notes_fr.txt", "format": "plain"}\n')
+    write_params(workdir, {"corpus.sources": [{"name": "own", "url": "books/notes_fr.txt", "language": "fr",
+                                               "format": "plain"}],
+                           "corpus.sources_file": "books/list.jsonl", "names.corpus": "fr", "names.tokenizer": "fr_1k"})
+    done = run_module("src.pipeline.download", workdir)
+    assert done.returncode == 2, done.stderr
+    assert ("books/notes_fr.txt: the text names no language: an ISO 639-1 language; set the language of "
+            "books/list.jsonl row 1 (e.g. fr)") in done.stderr

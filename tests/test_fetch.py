@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from src.data.fetch import (ChecksumMismatch, DownloadError, FetchPolicy, fetch_verified, resolve_location,
-                            sha256_of)
+from src.data.fetch import (ChecksumMismatch, DownloadError, Fetch, FetchPolicy, fetch_all, fetch_verified,
+                            read_verified, resolve_location, sha256_of)
 
 URL = "https://www.gutenberg.org/cache/epub/11/pg11.txt"
 
@@ -210,3 +210,42 @@ def test_a_url_no_request_can_reach_fails_at_once_not_after_retries(tmp_path, ur
 def test_a_mirror_path_too_long_for_the_file_system_is_not_a_directory():
     with pytest.raises(DownloadError, match="not a directory"):
         resolve_location(URL, "pg11.txt", "m" * 5000)
+
+
+# --- several at once ----------------------------------------------------------------------------
+
+BOOK_FILES = ("pg1342.txt", "pg11.txt", "pg2000.txt")
+
+
+@pytest.mark.parametrize("parallel", [1, 2, 3])
+def test_fetch_all_fetches_at_most_parallel_books_at_once(book_server, shared_corpus, tmp_path, parallel):
+    book_server.mode = "late"  # each answer takes a while: the fetches overlap as much as they may
+    fetches = [Fetch(f"{book_server.url}/{name}", tmp_path / name, sha(shared_corpus / name), name)
+               for name in BOOK_FILES]
+    assert fetch_all(fetches, policy(), parallel) == [True, True, True]
+    assert book_server.most_at_once == parallel
+    assert all(sha(tmp_path / name) == sha(shared_corpus / name) for name in BOOK_FILES)
+    assert fetch_all(fetches, policy(), parallel) == [False, False, False]  # already there, verified
+
+
+def test_the_first_failure_stops_the_other_fetches_at_once_and_leaves_nothing_behind(book_server, shared_corpus,
+                                                                                    tmp_path):
+    book_server.mode = "stall"  # half of each body, then nothing: only the timeout would end these reads
+    raw = tmp_path / "raw"
+    fetches = [Fetch(f"{book_server.url}/{name}", raw / name, sha(shared_corpus / name), name) for name in BOOK_FILES]
+    fetches.insert(2, Fetch(str(tmp_path / "missing.txt"), raw / "missing.txt", "0" * 64, "missing.txt"))
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="missing.txt: .* does not exist"):
+        fetch_all(fetches, policy(timeout_s=30.0), 3)
+    assert time.monotonic() - started < 10
+    assert list(raw.iterdir()) == []  # no temporary file of the stalled downloads
+
+
+def test_a_local_book_is_read_in_place_and_held_to_its_pin(shared_corpus, tmp_path):
+    book = shared_corpus / "pg11.txt"
+    assert read_verified(book, sha(book), "pg11.txt") == (book.read_bytes(), sha(book))
+    assert read_verified(book, None, "pg11.txt")[1] == sha(book)
+    with pytest.raises(ChecksumMismatch, match=f"sha256 mismatch for {book}"):
+        read_verified(book, "0" * 64, "pg11.txt")
+    with pytest.raises(DownloadError, match="is not a regular file"):
+        read_verified(tmp_path, None, "a folder")

@@ -32,7 +32,8 @@ def texts(shared_corpus) -> tuple[list[str], list[str]]:
 
 
 def train(lines: list[str], model_type: str, tmp_path) -> bytes:
-    cfg = TokenizerConfig(vocab_size=700, model_type=model_type, character_coverage=0.9995, threads=1, seed=3)
+    cfg = TokenizerConfig(vocab_size=700, model_type=model_type, character_coverage=0.9995, threads=1, sample_mb=20,
+                          seed=3)
     train_tokenizer(lines, cfg, tmp_path / "m.model", tmp_path / "m.vocab")
     return (tmp_path / "m.model").read_bytes()
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 import shlex
+import stat
 import subprocess
 import threading
 import time
@@ -161,6 +162,8 @@ def test_every_quickstart_command_works_verbatim(quickstart_repo, tmp_path):
         if PLACEHOLDER in command:
             assert {"best_model.pt", "final_model.pt", "bilingual_8k.model", "tinytransformer"} <= {
                 p.name for p in output_dir.iterdir()}
+            # DVC's outputs are read-only links to its cache; the copies are the user's
+            assert all(p.stat().st_mode & stat.S_IWUSR for p in output_dir.rglob("*") if p.is_file())
         if "tee training.log" in command:
             assert "Training complete!" in (repo / "training.log").read_text(encoding="utf-8")
         if "--json" in command and "generate" in command:

@@ -27,8 +27,14 @@ def test_download_then_tokenize_from_the_loopback_server(workdir, book_server):
     assert "PROJECT GUTENBERG" not in corpus.upper() and "\r" not in corpus
     metrics = json.loads((workdir / "metrics/corpus.json").read_text())["corpus"]
     assert metrics["bytes"] == len(corpus.encode()) and metrics["characters"] == len(corpus)
-    assert set(metrics["books"]) == {"pride_and_prejudice", "alice_in_wonderland", "don_quijote"}
-    assert 0.25 < metrics["languages"]["en"]["share"] < 0.35
+    assert metrics["books"] == 3 and 0.25 < metrics["languages"]["en"]["share"] < 0.35
+    books = json.loads((workdir / "data/corpus_sources.json").read_text())["books"]  # the figures of each book
+    assert [book["name"] for book in books] == ["pride_and_prejudice", "alice_in_wonderland", "don_quijote"]
+    assert sum(book["bytes"] for book in books) + 2 * 2 + 1 == metrics["bytes"]
+    assert sum(book["characters"] for book in books) + 2 * 2 + 1 == metrics["characters"]
+    assert books[2]["share"] == metrics["languages"]["es"]["share"]
+    assert sorted(p.name for p in (workdir / "data/raw").iterdir()) == [  # local books are never copied there
+        "pg11.txt", "pg1342.txt", "pg2000.txt"]
 
     write_params(workdir, {"vocab_size": 2000})
     done = run_module("src.pipeline.tokenize", workdir)

@@ -4,10 +4,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from src.config import ConfigError, TokenizerConfig
-from src.data.corpus import part_text, split_books, assemble
+from src.data.corpus import assemble, line_chunks, part_text, split_books
 from src.data.gutenberg import read_book
-from src.data.tokenizer import (MAX_SENTENCE_BYTES, NEWLINE, held_out_metrics, required_characters, sentences,
-                                train_tokenizer)
+from src.data.tokenizer import (MAX_SENTENCE_BYTES, NEWLINE, HeldOutCount, required_characters, sample_sentences,
+                                sentences, train_tokenizer, vocabulary_characters)
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def small_corpus(shared_corpus):
 
 def cfg(**changes):
     return TokenizerConfig(**{"vocab_size": 1000, "model_type": "unigram", "character_coverage": 0.9995, "threads": 2,
-                              "seed": 7, **changes})
+                              "sample_mb": 20, "seed": 7, **changes})
 
 
 @pytest.mark.parametrize("model_type", ["unigram", "bpe"])
@@ -73,18 +73,25 @@ def test_vocab_too_large_is_a_config_error(small_corpus, tmp_path):
     assert not (tmp_path / "t.model").exists()
 
 
+def held_out_count(processor, text: str) -> HeldOutCount:
+    return HeldOutCount.of(text, len(processor.encode(text)), vocabulary_characters(processor))
+
+
 def test_held_out_metrics(small_corpus, tmp_path):
     lines, held_out = small_corpus
     processor = train_tokenizer(lines, cfg(), tmp_path / "t.model", tmp_path / "t.vocab")
-    metrics = held_out_metrics(processor, held_out)
     for language in ("en", "es"):
-        m = metrics[language]
+        m = held_out_count(processor, held_out[language]).metrics()
         assert m["characters"] == len(held_out[language])
         assert m["tokens"] == len(processor.encode(held_out[language]))
         assert 0.1 < m["tokens_per_character"] < 1.0
         assert 0.99 < m["character_coverage"] <= 1.0
-    rare = held_out_metrics(processor, {"xx": "☃☃☃☃ab"})["xx"]
+    rare = held_out_count(processor, "☃☃☃☃ab").metrics()
     assert rare["character_coverage"] == pytest.approx(2 / 6)
+    both = held_out_count(processor, "☃☃ab")
+    both.add(held_out_count(processor, "cd☃☃"))
+    assert both.metrics()["character_coverage"] == pytest.approx(4 / 8)
+    assert both.tokens == len(processor.encode("☃☃ab")) + len(processor.encode("cd☃☃"))
 
 
 def test_required_characters():
@@ -107,3 +114,27 @@ def test_a_book_on_one_line_trains_the_tokenizer(small_corpus, tmp_path):
     one_line = " ".join(lines)
     processor = train_tokenizer([one_line], cfg(), tmp_path / "tok.model", tmp_path / "tok.vocab")
     assert len(processor.encode(one_line[:5000])) < 2500  # whole words learned, not single characters
+
+
+def test_the_tokenizer_learns_from_every_line_when_the_sample_bound_holds_them(tmp_path):
+    text = "".join(f"línea {i}\n" if i % 7 else "   \n" for i in range(500))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(text.encode())
+    chunks = line_chunks(text.encode(), (0, len(text.encode())), 100)
+    assert sample_sentences(corpus, chunks, 1e6, seed=1) == [line for line in text.split("\n") if line.strip()]
+
+
+def test_beyond_the_bound_it_learns_from_a_seeded_sample_whatever_the_chunks(tmp_path):
+    data = "".join(f"{i} {'palabra ' * (i % 13)}\n" for i in range(20_000)).encode()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(data)
+
+    def sample(limit: int, seed: int = 5) -> list[str]:
+        return sample_sentences(corpus, line_chunks(data, (0, len(data)), limit), len(data) / 10, seed)
+
+    drawn = sample(4096)
+    assert drawn == sample(777) == sample(len(data))  # one draw per line, in corpus order
+    assert drawn != sample(4096, seed=6)
+    assert 0.08 * len(data) < sum(len(line.encode()) + 1 for line in drawn) < 0.12 * len(data)
+    numbers = [int(line.split()[0]) for line in drawn]
+    assert numbers == sorted(set(numbers))  # whole lines of the corpus, in its order

@@ -3,7 +3,9 @@
 Every way a download can go wrong ends in a DownloadError with nothing left behind: a server that
 answers slowly forever meets ``max_seconds`` (checked between reads, each of which waits at most
 ``timeout_s``), a redirect may only lead to another http(s) URL, and a mirror entry must be a regular
-file (a FIFO or a device would block or never end).
+file (a FIFO or a device would block or never end). ``fetch_all`` runs several fetches at once, each with
+its own retries and deadline; the first failure stops the others. ``read_verified`` reads a local book in
+place, held to its pin, copying it nowhere.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import os
 import re
 import stat
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -25,7 +28,7 @@ from urllib.parse import quote
 
 from tqdm import tqdm
 
-from src.atomic import replacing
+from src.atomic import remove_leftovers, replacing
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +60,18 @@ class FetchPolicy:
 
 
 class _Deadline:
-    def __init__(self, seconds: float, label: str):
-        self.seconds, self.label = seconds, label
+    """The time one file may take, and the signal that another fetch of the batch failed (``stop``)."""
+
+    def __init__(self, seconds: float, label: str, stop: threading.Event | None = None):
+        self.seconds, self.label, self.stop = seconds, label, stop
         self.end = time.monotonic() + seconds
 
     def left(self) -> float:
         return self.end - time.monotonic()
 
     def check(self) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise DownloadError(f"{self.label}: stopped, another download failed")
         if self.left() <= 0:
             raise DownloadError(f"{self.label}: not done within {self.seconds:g} s (corpus.max_download_s)")
 
@@ -151,17 +158,25 @@ def local_sha256(path: Path, label: str) -> str:
     return digest.hexdigest()
 
 
+def _mismatch(label: str, location: str, expected: str, actual: str) -> ChecksumMismatch:
+    return ChecksumMismatch(
+        f"{label}: sha256 mismatch for {location}\n  expected {expected}\n  actual   {actual}\n"
+        f"If upstream published a new version on purpose, check its text and set this book's "
+        f"sha256 in params.yaml (corpus.sources) to {actual}.")
+
+
 def fetch_verified(location: str, dest: Path, expected_sha256: str | None, policy: FetchPolicy,
-                   *, label: str, sleep: Callable[[float], None] = time.sleep) -> bool:
+                   *, label: str, sleep: Callable[[float], None] = time.sleep,
+                   stop: threading.Event | None = None) -> bool:
     """Make ``dest`` hold the bytes at ``location`` whose sha256 is ``expected_sha256`` (None: any bytes).
 
     Returns False when ``dest`` already held the pinned bytes (nothing fetched). The bytes go to a
     temporary file beside ``dest`` and replace it only once their hash matches, so a failed or wrong
-    download never touches a file that was already there.
+    download never touches a file that was already there. Setting ``stop`` ends the fetch at its next read.
     """
     if expected_sha256 is not None and dest.is_file() and sha256_of(dest) == expected_sha256:
         return False
-    deadline = _Deadline(policy.max_seconds, label)
+    deadline = _Deadline(policy.max_seconds, label, stop)
     with replacing(dest) as part:
         for attempt in range(policy.retries + 1):
             try:
@@ -174,12 +189,85 @@ def fetch_verified(location: str, dest: Path, expected_sha256: str | None, polic
                         f"{label}: giving up on {location} after {attempt + 1} attempt(s): {exc}") from None
                 log.warning("%s: attempt %d failed (%s); retrying in %.1fs", label, attempt + 1, exc, wait)
                 sleep(wait)
+                deadline.check()
         if expected_sha256 is not None and actual != expected_sha256:
-            raise ChecksumMismatch(
-                f"{label}: sha256 mismatch for {location}\n  expected {expected_sha256}\n  actual   {actual}\n"
-                f"If upstream published a new version on purpose, check its text and set this book's "
-                f"sha256 in params.yaml (corpus.sources) to {actual}.")
+            raise _mismatch(label, location, expected_sha256, actual)
     return True
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """One file for ``fetch_all``: from ``location`` to ``dest``, pinned by ``sha256`` (None: any bytes)."""
+    location: str
+    dest: Path
+    sha256: str | None
+    label: str
+
+
+def fetch_all(fetches: list[Fetch], policy: FetchPolicy, parallel: int,
+              *, sleep: Callable[[float], None] = time.sleep) -> list[bool]:
+    """``fetch_verified`` for each, ``parallel`` at a time in threads; what each returned, in order.
+
+    The first failure (or Ctrl+C, SIGTERM) is raised at once: the fetches under way stop at their next read, those
+    not started never start, and the temporary files of unfinished ones are removed. A thread still waiting on a
+    silent server (up to ``timeout_s``) is a daemon, never waited for: it ends with the process, and can only
+    rename a complete file into place.
+    """
+    stop, settled, lock = threading.Event(), threading.Event(), threading.Lock()
+    queue = iter(range(len(fetches)))
+    done: dict[int, bool] = {}
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        while not stop.is_set():
+            with lock:
+                index = next(queue, None)
+            if index is None:
+                return
+            fetch = fetches[index]
+            try:
+                fetched = fetch_verified(fetch.location, fetch.dest, fetch.sha256, policy, label=fetch.label,
+                                         sleep=sleep, stop=stop)
+            except Exception as exc:  # raised in the caller's thread
+                with lock:
+                    failures.append(exc)
+                stop.set()
+                settled.set()
+                return
+            with lock:
+                done[index] = fetched
+                if len(done) == len(fetches):
+                    settled.set()
+
+    if not fetches:
+        return []
+    threads = [threading.Thread(target=work, name=f"fetch-{i}", daemon=True)
+               for i in range(min(parallel, len(fetches)))]
+    for thread in threads:
+        thread.start()
+    try:
+        settled.wait()
+        if failures:
+            raise failures[0]
+    except BaseException:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=1.0)  # long enough for any thread that is reading to see stop
+        for directory in {fetch.dest.parent for fetch in fetches}:
+            remove_leftovers(directory)
+        raise
+    return [done[i] for i in range(len(fetches))]
+
+
+def read_verified(path: Path, expected_sha256: str | None, label: str) -> tuple[bytes, str]:
+    """A local book's bytes, read in place, and their sha256; ChecksumMismatch unless it is ``expected_sha256``
+    (None: any bytes), DownloadError unless ``path`` is a regular file."""
+    with open_regular_file(path, label) as f:
+        data = f.read()
+    actual = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and actual != expected_sha256:
+        raise _mismatch(label, str(path), expected_sha256, actual)
+    return data, actual
 
 
 def _copy(location: str, part: Path, policy: FetchPolicy, label: str, deadline: _Deadline) -> str:

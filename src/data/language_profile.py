@@ -3,7 +3,8 @@
 A profile is the relative frequency of the most common character 1- to 3-grams of a text (lowercased,
 letters only, words padded with a space). A sample is judged to be in the language whose profile is
 nearest to its own by cosine similarity: the pipeline builds the profiles from each language's held-out
-text, so any language the corpus holds can be recognised, with no word lists.
+text, so any language the corpus holds can be recognised, with no word lists. The n-grams are counted from the
+words' counts (``word_counts``), which add up book by book: a profile never needs its text in memory at once.
 """
 
 from __future__ import annotations
@@ -27,22 +28,37 @@ def opening_words(text: str, count: int = 6) -> str:
     return " ".join(words[:count])
 
 
-def ngram_counts(text: str) -> Counter[str]:
-    words = _NOT_LETTERS.sub(" ", text.lower()).split()
+def word_counts(text: str) -> Counter[str]:
+    """How often each word of ``text`` occurs: lowercased runs of letters."""
+    return Counter(_NOT_LETTERS.sub(" ", text.lower()).split())
+
+
+def ngrams_of_words(words: Counter[str]) -> Counter[str]:
+    """The character n-grams of every word occurrence (each word padded with a space), counted."""
     counts: Counter[str] = Counter()
-    for word in words:
+    for word, occurrences in words.items():
         padded = f" {word} "
         for n in NGRAM_ORDERS:
-            counts.update(padded[i:i + n] for i in range(len(padded) - n + 1) if padded[i:i + n] != " ")
+            for i in range(len(padded) - n + 1):
+                if padded[i:i + n] != " ":
+                    counts[padded[i:i + n]] += occurrences
     return counts
 
 
-def build_profile(text: str, size: int = PROFILE_SIZE) -> Profile:
-    """The ``size`` most frequent n-grams of ``text`` and their share of all its n-grams (ties by n-gram)."""
-    counts = ngram_counts(text)
+def ngram_counts(text: str) -> Counter[str]:
+    return ngrams_of_words(word_counts(text))
+
+
+def profile_of(counts: Counter[str], size: int = PROFILE_SIZE) -> Profile:
+    """The ``size`` most frequent n-grams of ``counts`` and their share of all its n-grams (ties by n-gram)."""
     total = sum(counts.values())
     top = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:size]
     return {gram: round(count / total, 6) for gram, count in top}
+
+
+def build_profile(text: str, size: int = PROFILE_SIZE) -> Profile:
+    """The profile of ``text`` (``profile_of`` its n-gram counts)."""
+    return profile_of(ngram_counts(text), size)
 
 
 def similarity(text: str, profile: Profile) -> float:

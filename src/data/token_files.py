@@ -1,35 +1,124 @@
-"""The token dataset, written: each split's token ids, book by book, as the flat uint16 files dataset.py reads."""
+"""The token dataset, written: each split's token ids, book by book, as the flat uint16 files dataset.py reads.
+
+``encode_corpus`` encodes the corpus file on every core: worker processes each read their stretch of the file
+themselves and hand back its ids as uint16 bytes, which go to the files in corpus order as they come, so neither
+the corpus nor its ids are ever held whole, and the files are the same whatever the number of processes.
+
+A book's part is encoded whole when it holds at most CHUNK_BYTES, and otherwise in line-aligned chunks of at
+most that (``line_chunks``). The newline is a piece of its own, so no piece spans a chunk's end; but
+sentencepiece sums a text's piece scores in single precision, so over a long text a near tie between two
+segmentations can fall the other way than over a short one: chunked ids are not always the ids of the whole
+text, and the cut is fixed (the same chunks on every machine) rather than left to the number of processes.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import multiprocessing
+import os
+import signal
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import sentencepiece as spm
 
-from src.atomic import write_atomic, write_json
-from src.data.corpus import BookSplit, part_text
-from src.data.dataset import TOKEN_DTYPE, BookTokens, SplitStats
-from src.data.tokenizer import EOS_ID
+from src.atomic import replacing, write_atomic, write_json
+from src.data.corpus import BookSplit, Corpus, line_chunks
+from src.data.tokenizer import EOS_ID, HeldOutCount, vocabulary_characters
+
+# src.data.dataset, which defines the files' dtype and meta.json, imports torch: it is imported where the stage
+# process needs it, never by the workers, which import this module (so does every process multiprocessing spawns,
+# through the stage's module).
+if TYPE_CHECKING:
+    from src.data.dataset import SplitStats
+
+PARTS = ("train", "validation")
+# The most of a book's part one encode call takes: above it, the part is encoded in line-aligned chunks. Every
+# book of the default corpus is encoded whole; a worker holds one chunk's text and ids at a time.
+CHUNK_BYTES = 4 * 2**20
 
 
-def encode_split(processor: spm.SentencePieceProcessor, corpus: bytes, splits: list[BookSplit],
-                 part: str) -> tuple[np.ndarray, SplitStats]:
-    """Token ids of one part ("train" or "validation") of every book, books separated by EOS."""
-    if processor.get_piece_size() > np.iinfo(TOKEN_DTYPE).max + 1:
-        raise ValueError(f"a vocabulary of {processor.get_piece_size()} pieces does not fit uint16 token ids")
-    ids: list[int] = []
-    books = []
-    for split in splits:
-        start, end = getattr(split, part)
-        book_ids = processor.encode(part_text(corpus, (start, end))) + [EOS_ID]
-        ids.extend(book_ids)
-        books.append(BookTokens(split.name, split.language, len(book_ids), end - start))
-    return np.asarray(ids, dtype=TOKEN_DTYPE), SplitStats(len(ids), sum(b.bytes for b in books), tuple(books))
+@dataclass(frozen=True)
+class Chunk:
+    """A line-aligned byte range of the corpus, in a book's ``part``; ``last``: the part ends with it."""
+    book: int
+    part: str
+    start: int
+    end: int
+    last: bool
+
+
+def corpus_chunks(corpus: Corpus, splits: list[BookSplit], limit: int = CHUNK_BYTES) -> list[Chunk]:
+    """Every book's training then held-out part, in chunks of at most ``limit`` bytes (a longer line whole)."""
+    chunks = []
+    for book, split in enumerate(splits):
+        for part in PARTS:
+            ranges = line_chunks(corpus, getattr(split, part), limit)
+            chunks += [Chunk(book, part, start, end, i == len(ranges) - 1) for i, (start, end) in enumerate(ranges)]
+    return chunks
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def encode_corpus(corpus_file: Path, model_file: Path, splits: list[BookSplit], chunks: list[Chunk],
+                  directory: Path, processes: int) -> list[HeldOutCount]:
+    """Encode ``chunks`` of ``corpus_file`` with the tokenizer in ``model_file`` in ``processes`` worker processes
+    into ``directory``'s train.bin, validation.bin and meta.json (each book's part followed by EOS). Returns each
+    book's held-out count, in the order of ``splits``."""
+    from src.data.dataset import TOKEN_DTYPE, BookTokens, SplitStats
+
+    vocabulary = spm.SentencePieceProcessor(model_file=str(model_file)).get_piece_size()
+    if vocabulary > np.iinfo(TOKEN_DTYPE).max + 1:
+        raise ValueError(f"a vocabulary of {vocabulary} pieces does not fit uint16 token ids")
+    tokens = {part: [0] * len(splits) for part in PARTS}
+    held_out = [HeldOutCount() for _ in splits]
+    end_of_book = np.array([EOS_ID], dtype=TOKEN_DTYPE).tobytes()
+    context = multiprocessing.get_context("spawn")  # workers start small, not as copies of this process
+    with replacing(directory / "train.bin") as train, replacing(directory / "validation.bin") as validation, \
+            train.open("wb") as train_out, validation.open("wb") as validation_out, \
+            context.Pool(max(1, min(processes, len(chunks))), _start_worker,
+                         (str(model_file), str(corpus_file), np.dtype(TOKEN_DTYPE).str)) as pool:
+        out = {"train": train_out, "validation": validation_out}
+        for chunk, (ids, count) in zip(chunks, pool.imap(_encode, chunks)):
+            out[chunk.part].write(ids)
+            tokens[chunk.part][chunk.book] += len(ids) // np.dtype(TOKEN_DTYPE).itemsize
+            if count is not None:
+                held_out[chunk.book].add(count)
+            if chunk.last:
+                out[chunk.part].write(end_of_book)
+                tokens[chunk.part][chunk.book] += 1
+    meta = {}
+    for part in PARTS:
+        books = tuple(BookTokens(split.name, split.language, tokens[part][i], getattr(split, part)[1]
+                                 - getattr(split, part)[0]) for i, split in enumerate(splits))
+        meta[part] = asdict(SplitStats(sum(b.tokens for b in books), sum(b.bytes for b in books), books))
+    write_json(directory / "meta.json", meta)
+    return held_out
+
+
+_worker: dict = {}
+
+
+def _start_worker(model_file: str, corpus_file: str, dtype: str) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the stage, which stops the pool
+    processor = spm.SentencePieceProcessor(model_file=model_file)
+    _worker.update(processor=processor, covered=vocabulary_characters(processor),
+                   corpus=os.open(corpus_file, os.O_RDONLY), dtype=np.dtype(dtype))
+
+
+def _encode(chunk: Chunk) -> tuple[bytes, HeldOutCount | None]:
+    """A chunk's ids as uint16 bytes, and for held-out text its count."""
+    text = os.pread(_worker["corpus"], chunk.end - chunk.start, chunk.start).decode("utf-8")
+    ids = np.array(_worker["processor"].encode(text), dtype=_worker["dtype"])
+    count = HeldOutCount.of(text, len(ids), _worker["covered"]) if chunk.part == "validation" else None
+    return ids.tobytes(), count
 
 
 def write_token_dataset(directory: Path, parts: dict[str, tuple[np.ndarray, SplitStats]]) -> None:
+    """Token ids already in memory (small datasets), written as ``encode_corpus`` writes them."""
     for name, (ids, _) in parts.items():
         write_atomic(directory / f"{name}.bin", ids.tobytes())
     meta = {name: asdict(stats) for name, (_, stats) in parts.items()}

@@ -2,16 +2,20 @@
 
 The corpus is already NFC, so sentencepiece's normaliser is off ("identity") and whitespace is
 kept as written; a newline is a piece of its own so the model learns paragraph structure, and
-byte fallback means no text is ever unknown.
+byte fallback means no text is ever unknown. It learns from the training text's lines, a seeded
+sample of them when they hold more than tokenizer.sample_mb (``sample_sentences``).
 """
 
 from __future__ import annotations
 
 import io
+import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import numpy as np
 import sentencepiece as spm
 
 from src.config import ConfigError, TokenizerConfig
@@ -56,6 +60,25 @@ def sentences(lines: Iterable[str]) -> Iterator[str]:
             yield data[:cut].decode("utf-8")
             data = data[cut:]
         yield data.decode("utf-8")
+
+
+def sample_sentences(corpus_file: Path, chunks: list[tuple[int, int]], sample_bytes: float, seed: int) -> list[str]:
+    """The non-empty lines of the corpus's ``chunks`` (line-aligned byte ranges of the training text) the tokenizer
+    learns from: all of them when the chunks hold at most ``sample_bytes``, else each line kept with probability
+    ``sample_bytes`` / their size, one draw per line in corpus order from a generator seeded by ``seed``: the same
+    sample on every machine, whatever the chunks' sizes, and about ``sample_bytes`` of text whatever the corpus's."""
+    share = sample_bytes / max(sum(end - start for start, end in chunks), 1)
+    draws = np.random.default_rng(seed) if share < 1 else None
+    lines: list[str] = []
+    with open(corpus_file, "rb") as f:
+        for start, end in chunks:
+            rows = os.pread(f.fileno(), end - start, start).split(b"\n")
+            if rows[-1] == b"":
+                rows.pop()  # what follows the chunk's last line break is the next chunk's
+            if draws is not None:
+                rows = [rows[i] for i in np.flatnonzero(draws.random(len(rows)) < share)]
+            lines.extend(line for line in (row.decode("utf-8") for row in rows) if line.strip())
+    return lines
 
 
 def train_tokenizer(lines: list[str], cfg: TokenizerConfig, model_file: Path, vocab_file: Path
@@ -112,18 +135,28 @@ def vocabulary_characters(processor: spm.SentencePieceProcessor) -> set[str]:
     return chars
 
 
-def held_out_metrics(processor: spm.SentencePieceProcessor, texts: dict[str, str]) -> dict:
-    """Per language: characters, tokens, tokens per character and measured character coverage."""
-    covered = vocabulary_characters(processor)
-    result = {}
-    for language, text in texts.items():
-        tokens = len(processor.encode(text))
-        counts = Counter(text)
-        in_vocab = sum(n for ch, n in counts.items() if ch in covered)
-        result[language] = {
-            "characters": len(text),
-            "tokens": tokens,
-            "tokens_per_character": round(tokens / max(len(text), 1), 6),
-            "character_coverage": round(in_vocab / max(len(text), 1), 6),
+@dataclass
+class HeldOutCount:
+    """Held-out text as the tokenizer encodes it: its characters, its tokens, and its characters the vocabulary
+    spells with real pieces (``vocabulary_characters``). Counts of several texts add up."""
+    characters: int = 0
+    tokens: int = 0
+    in_vocabulary: int = 0
+
+    @classmethod
+    def of(cls, text: str, tokens: int, covered: set[str]) -> "HeldOutCount":
+        return cls(len(text), tokens, sum(n for ch, n in Counter(text).items() if ch in covered))
+
+    def add(self, other: "HeldOutCount") -> None:
+        self.characters += other.characters
+        self.tokens += other.tokens
+        self.in_vocabulary += other.in_vocabulary
+
+    def metrics(self) -> dict:
+        """Characters, tokens, tokens per character and measured character coverage."""
+        return {
+            "characters": self.characters,
+            "tokens": self.tokens,
+            "tokens_per_character": round(self.tokens / max(self.characters, 1), 6),
+            "character_coverage": round(self.in_vocabulary / max(self.characters, 1), 6),
         }
-    return result

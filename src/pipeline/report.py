@@ -146,8 +146,8 @@ def export(output_dir: Path, artifacts: list[Path]) -> None:
         if path == paths.BUNDLE_DIR:
             contents = read_bundle(path)
             write_bundle(output_dir / path.name, {name: contents.files[name] for name in bundle.FILES})
-        else:
-            shutil.copy2(path, output_dir / path.name)
+        else:  # the contents, not the mode: DVC leaves its outputs read-only (linked to its cache), a copy is the user's
+            shutil.copyfile(path, output_dir / path.name)
 
 
 def summary(seconds: int, output_dir: Path | None) -> list[str]:
