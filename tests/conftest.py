@@ -326,12 +326,23 @@ def poison_epoch_1(project: Path, tensor: str = "embed.weight", value: float = f
     return path
 
 
+def forget_finished_runs(project: Path, stage: str = "train") -> None:
+    """Leave ``project`` as a run of params that never finished leaves it: no entry of ``stage`` in dvc.lock nor in
+    DVC's run cache. `dvc repro` then runs the stage (resuming from its checkpoints) where it would otherwise check
+    out the outputs of the finished run of the same params."""
+    lock = project / "dvc.lock"
+    recorded = yaml.safe_load(lock.read_text())
+    recorded["stages"].pop(stage, None)
+    lock.write_text(yaml.safe_dump(recorded, sort_keys=False))
+    shutil.rmtree(project / ".dvc" / "cache" / "runs", ignore_errors=True)
+
+
 def interrupt_training(project: Path) -> None:
     """What a kill during the train stage of `dvc repro` leaves besides its checkpoints: DVC had removed the stage's
     outputs before running it, and an unfinished run has no entry in DVC's run cache."""
     for path in (paths.BEST_MODEL, paths.FINAL_MODEL, paths.TRAINING_METRICS):
         (project / path).unlink(missing_ok=True)
-    shutil.rmtree(project / ".dvc" / "cache" / "runs", ignore_errors=True)
+    forget_finished_runs(project)
 
 
 @pytest.fixture

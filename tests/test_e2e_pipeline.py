@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import interrupt_training, poison_epoch_1, remove_checkpoints, stages_run
+from tests.conftest import forget_finished_runs, interrupt_training, poison_epoch_1, remove_checkpoints, stages_run
 
 # Figures that depend on the machine's speed, not on what was computed.
 TIMING_KEYS = {"total_training_time", "tokens_per_sec", "seconds"}
@@ -59,6 +59,7 @@ def test_training_killed_with_sigkill_mid_epoch_resumes_to_the_same_result(tiny_
     uninterrupted = computed(repo / "metrics/train.json"), computed(repo / "metrics/train_history.json")
 
     remove_checkpoints(repo)
+    forget_finished_runs(repo)  # as for params that never finished: resumed, not checked out of the run cache
     dvc = subprocess.Popen(["python", "-m", "dvc", "repro", "--force", "train"], cwd=repo, env=tiny_repo.environ,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     first_epoch = repo / "data/checkpoint_epoch_1.pt"

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT, TINY_PARAMS, ProjectRepo, project_params, remove_checkpoints
+from tests.conftest import (REPO_ROOT, TINY_PARAMS, ProjectRepo, forget_finished_runs, project_params,
+                            remove_checkpoints)
 
 # The tiny model on Alice in Wonderland alone: a whole train stage in seconds.
 FAULT_PARAMS = {**TINY_PARAMS, "corpus.sources": [s for s in project_params()["corpus"]["sources"]
@@ -163,8 +164,10 @@ def killed_by_sigkill(dvc_stderr: str) -> bool:
 @pytest.mark.parametrize("when", ["before", "after"])
 @pytest.mark.parametrize("rename", range(1, RENAMES + 1))
 def test_a_kill_at_any_write_of_training_is_finished_or_redone_by_the_next_repro(finished_repo, repo, rename, when):
-    remove_checkpoints(repo.path)  # a fresh run: --force, as the run cache holds this one
-    killed = repo.dvc("repro", "--force", "--single-item", "train", check=False, env={**KILL_ENV, "TT_KILL_AT_RENAME": f"train:{rename}:{when}"})
+    remove_checkpoints(repo.path)  # a run of these params that never finished: afresh (--force), resumed after
+    forget_finished_runs(repo.path)
+    killed = repo.dvc("repro", "--force", "--single-item", "train", check=False,
+                      env={**KILL_ENV, "TT_KILL_AT_RENAME": f"train:{rename}:{when}"})
     assert killed.returncode != 0 and killed_by_sigkill(killed.stderr), killed.stdout + killed.stderr
     assert not up_to_date(repo, "train")
 

@@ -99,7 +99,9 @@ def test_deterministic_algorithms_hold_only_while_training():
 @pytest.mark.slow
 def test_a_step_budget_killed_within_an_epoch_resumes_to_the_same_weights(tokenized, tmp_path):
     """A budget ending within epoch 2, the resume point every 10 steps: SIGKILL right after the second one (step
-    20, within epoch 1); the stage run again ends with the uninterrupted run's figures and weights, bit for bit."""
+    20, within epoch 1: the fifth file renamed into place, after last.pt at step 10 and the plots and best.pt of
+    the evaluation at step 15); the stage run again ends with the uninterrupted run's figures and weights, bit for
+    bit."""
     budget = {"train.max_steps": 45, "train.checkpoint_every_steps": 10, "train.eval_every_steps": 15,
               "train.precision": "fp32", "train.compile": False}
     write_params(tokenized, budget)
@@ -107,7 +109,7 @@ def test_a_step_budget_killed_within_an_epoch_resumes_to_the_same_weights(tokeni
     assert uninterrupted[0]["steps"] == 45 and uninterrupted[0]["epochs"] < 2
     remove_checkpoints(tokenized)
     killed = run_module("src.pipeline.train", tokenized, env={"OMP_NUM_THREADS": "2", **KILL_ENV,
-                                                              "TT_KILL_AT_RENAME": "train:2:after"})
+                                                              "TT_KILL_AT_RENAME": "train:5:after"})
     assert killed.returncode == -9, killed.stderr
     assert torch.load(tokenized / "data/checkpoints/last.pt", weights_only=True)["training_state"]["step"] == 20
     resumed = run_module("src.pipeline.train", tokenized, env={"OMP_NUM_THREADS": "2"})
