@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     train_split, validation_split = TokenSplit(paths.TOKENS_DIR, "train"), TokenSplit(paths.TOKENS_DIR, "validation")
     shape = ModelShape.from_config(cfg.model, load_tokenizer(cfg.tokenizer_name.model).get_piece_size())
     total_steps = train_split.batches_per_epoch(cfg.train.max_seq_length, cfg.train.batch_size) * cfg.train.epochs
-    base, why = speed_choices(cfg.train, shape, single_process(), total_steps)
+    base, why, _ = speed_choices(cfg.train, shape, single_process(), total_steps)
     with deterministic_algorithms():
         # torch.compile compiles the step's forward once per process and both recipes share it: a throwaway
         # run compiles it first, so that neither recipe's seconds hold the compilation.

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     kept = args.keep_freed_memory and keep_freed_memory()
     cfg = load_config(args.params)
     run_steps = args.run_steps or pipeline_steps(cfg.train)
-    train_cfg, why = speed_choices(cfg.train, ModelShape.from_config(cfg.model, cfg.tokenizer.vocab_size),
+    train_cfg, why, _ = speed_choices(cfg.train, ModelShape.from_config(cfg.model, cfg.tokenizer.vocab_size),
                                    single_process(), run_steps)
     cfg = dataclasses.replace(cfg, train=train_cfg)
     vocab_size = cfg.tokenizer.vocab_size

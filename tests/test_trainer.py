@@ -1,6 +1,8 @@
 """The training loop and exact resume, on a small synthetic token dataset (tests/conftest.py)."""
 
+import copy
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -15,7 +17,8 @@ from src.training.optimizers import make_optimizer
 from src.training.schedule import make_scheduler
 from src.training.step import make_train_step
 from src.training.checkpointing import RunCheckpoints
-from src.training.trainer import TrainingDiverged, evaluate, history_with_seconds, measure_compile, train
+from src.training.trainer import (StepParts, TrainingDiverged, evaluate, history_with_seconds, measure_compile,
+                                  train)
 from tests.conftest import MODEL, TRAIN, VOCAB, run
 
 
@@ -239,9 +242,39 @@ def test_checkpoints_by_the_minute_are_written_within_an_epoch(synthetic_tokens,
     assert [step for name, step in written if name == "last.pt"] == list(range(1, STEPS_PER_EPOCH + 1))
 
 
-def test_measure_compile_times_the_compilation_and_both_steps():
+def test_measure_compile_times_the_compilation_and_both_steps_and_puts_the_run_back():
     cfg = dataclasses.replace(TRAIN, precision="fp32", attention="math")
-    figures = measure_compile(cfg, ModelShape.from_config(dataclasses.replace(MODEL, dropout=0.0), VOCAB), 4,
-                              torch.device("cpu"))
+    shape = ModelShape.from_config(dataclasses.replace(MODEL, dropout=0.0), VOCAB)
+    parts = StepParts.fresh(shape, cfg, 100, torch.device("cpu"))
+    before = copy.deepcopy((parts.model.state_dict(), parts.scheduler.state_dict()))
+    figures, compiled_step = measure_compile(cfg, parts, 4)
     assert set(figures) == {"compile_s", "eager_ms", "compiled_ms"}
     assert figures["compile_s"] * 1e3 > figures["compiled_ms"] > 0 and figures["eager_ms"] > 0
+    weights, schedule = before
+    assert all(torch.equal(weights[name], value) for name, value in parts.model.state_dict().items())
+    assert parts.scheduler.state_dict() == schedule and not parts.optimizer.state
+    assert all(p.grad is None for p in parts.model.parameters())
+    assert math.isfinite(compiled_step(*torch.randint(0, VOCAB, (2, 4, cfg.max_seq_length)).unbind(0)))
+
+
+def test_a_run_that_measures_compile_goes_on_with_that_compiled_step_and_ends_as_with_a_cached_verdict(
+        synthetic_tokens, tmp_path, monkeypatch):
+    """Deciding to compile compiles the run's own step, once; the measured steps (with dropout) leave no trace."""
+    compiles = []
+    real_make_train_step = make_train_step
+    monkeypatch.setattr("src.training.trainer.make_train_step",
+                        lambda *args: compiles.append(args[3].compile) or real_make_train_step(*args))
+    verdicts = []
+
+    def resolve_compile(setting, total_steps, key, measure):
+        verdicts.append(verdicts[0] if verdicts else measure())
+        return True, "compiled"
+
+    monkeypatch.setattr("src.training.trainer.resolve_compile", resolve_compile)
+    cfg = dataclasses.replace(TRAIN, compile="auto", epochs=1)
+    measured = run(synthetic_tokens, tmp_path / "measured", cfg)
+    assert compiles == [False, True]  # the measurement's two steps; the run goes on with its compiled one
+    cached = run(synthetic_tokens, tmp_path / "cached", cfg)
+    assert compiles == [False, True, True]
+    assert measured.state.history == cached.state.history and measured.state.log == cached.state.log
+    assert measured.environment["compile"] is cached.environment["compile"] is True

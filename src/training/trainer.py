@@ -16,12 +16,14 @@ alone reads and writes checkpoints; it hands the resume point to the others.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from tqdm import tqdm
@@ -160,13 +162,10 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
     steps_per_epoch = batches_per_epoch(train_split, validation_split, train_cfg, workers)
     total_steps = train_cfg.max_steps or steps_per_epoch * train_cfg.epochs
     shape = ModelShape.from_config(model_cfg, vocab_size)
+    parts = StepParts.fresh(shape, train_cfg, total_steps, workers.device)
+    model, optimizer, scheduler = parts.model, parts.optimizer, parts.scheduler
     # The fingerprint keys on the precision and kernel that run.
-    train_cfg, choices = speed_choices(train_cfg, shape, workers, total_steps)
-
-    torch.manual_seed(train_cfg.seed)
-    model = TinyTransformer(shape).to(workers.device)
-    optimizer = make_optimizer(model, train_cfg)
-    scheduler = make_scheduler(optimizer, train_cfg, total_steps)
+    train_cfg, choices, measured_step = speed_choices(train_cfg, shape, workers, total_steps, parts)
     whole_split = covers_split(validation_split, train_cfg)
     stamp = fingerprint(model_cfg, train_cfg, tokens_dir, tokenizer_file, whole_split)
     checkpoints = RunCheckpoints.open(checkpoint_dir, stamp, workers, fresh=fresh, periodic_dir=periodic_dir,
@@ -175,7 +174,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
     progress = checkpoints.restore(model, optimizer, scheduler, workers)
     if progress is not None:
         state, timings = TrainingState.restored(progress["training_state"]), Timings.restored(progress["timings"])
-        log.info("resuming after epoch %d of %d (step %d)", state.epoch, train_cfg.epochs, state.step)
+        log.info("resuming after epoch %d of %d (step %d of %d)", state.epoch, math.ceil(total_steps / steps_per_epoch),
+                 state.step, total_steps)
     loop = Loop(state, timings, model, optimizer, scheduler, train_cfg, workers, train_split, validation_split,
                 steps_per_epoch, total_steps, checkpoints,
                 lambda: snapshot(state.epoch, model, optimizer, scheduler,
@@ -186,7 +186,7 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, *, vocab_size: int, to
 
     model.train()
     with deterministic_algorithms():
-        loop.run(make_train_step(model, optimizer, scheduler, train_cfg, workers))
+        loop.run(measured_step or make_train_step(model, optimizer, scheduler, train_cfg, workers))
 
     workers.check_identical(model)
     if workers.is_main:
@@ -217,52 +217,100 @@ def batches_per_epoch(train_split: TokenSplit, validation_split: TokenSplit, cfg
     return steps
 
 
-def speed_choices(cfg: TrainConfig, shape: ModelShape, workers: Workers,
-                  total_steps: int) -> tuple[TrainConfig, dict[str, str]]:
-    """``cfg`` with the precision, attention kernel and compile setting this run of ``total_steps`` uses, and why
-    each (main worker only).
+Step = Callable[[torch.Tensor, torch.Tensor], float]
 
-    The main worker decides, measuring once per machine for auto, and every worker follows its choice.
+
+@dataclass(frozen=True)
+class StepParts:
+    """What the training step updates: the model, its optimizer and the learning-rate schedule."""
+    model: TinyTransformer
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+    @classmethod
+    def fresh(cls, shape: ModelShape, cfg: TrainConfig, total_steps: int, device: torch.device) -> StepParts:
+        """A run's parts at its start: the model initialised from ``cfg.seed``."""
+        torch.manual_seed(cfg.seed)
+        model = TinyTransformer(shape).to(device)
+        optimizer = make_optimizer(model, cfg)
+        return cls(model, optimizer, make_scheduler(optimizer, cfg, total_steps))
+
+    @contextlib.contextmanager
+    def put_back(self) -> Iterator[None]:
+        """Steps taken inside leave the weights, gradients, optimizer state and schedule as they were before (not
+        the random generators: see ``speed_choices``). Weights are copied back in place, so a step compiled inside
+        stays valid for the same parameters."""
+        saved = copy.deepcopy((self.model.state_dict(), self.optimizer.state_dict(), self.scheduler.state_dict()))
+        try:
+            yield
+        finally:
+            model, optimizer, scheduler = saved
+            self.model.load_state_dict(model)
+            self.optimizer.load_state_dict(optimizer)
+            self.scheduler.load_state_dict(scheduler)
+            self.optimizer.zero_grad(set_to_none=True)
+
+
+def speed_choices(cfg: TrainConfig, shape: ModelShape, workers: Workers, total_steps: int,
+                  parts: StepParts | None = None) -> tuple[TrainConfig, dict[str, str], Step | None]:
+    """``cfg`` with the precision, attention kernel and compile setting this run of ``total_steps`` uses, why
+    each (main worker only), and the compiled step when deciding compiled it and the run can go on with it.
+
+    The main worker decides, measuring once per machine for auto, and every worker follows its choice. The
+    compile measurement runs on the run's own ``parts`` (put back as they were; a throwaway set without them):
+    a single-process run that compiles goes on with the step compiled there instead of compiling it again.
+    Measurements draw random numbers from generators put back afterwards: a run's random stream (dropout's)
+    is the same whether its verdicts were measured or cached.
     """
     batch, length = cfg.batch_size // workers.world_size, cfg.max_seq_length
     precision, attention, compiled, why = "", "", False, {}
-    if workers.is_main:
-        precision, why["precision_choice"] = resolve_precision(cfg.precision, workers.device, shape, batch, length)
-        attention, why["attention_choice"] = resolve_attention(cfg.attention, precision, workers.device, shape,
-                                                               batch, length)
-        chosen = replace(cfg, precision=precision, attention=attention)
-        compiled, why["compile_choice"] = resolve_compile(
-            cfg.compile, total_steps, machine_key(f"{precision} {attention}", shape, batch, length),
-            lambda: measure_compile(chosen, shape, batch, workers.device))
+    measured: list[Step] = []
+    generators = [workers.device] if workers.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=generators):
+        if workers.is_main:
+            precision, why["precision_choice"] = resolve_precision(cfg.precision, workers.device, shape, batch, length)
+            attention, why["attention_choice"] = resolve_attention(cfg.attention, precision, workers.device, shape,
+                                                                   batch, length)
+            chosen = replace(cfg, precision=precision, attention=attention)
+
+            def measure() -> dict[str, float]:
+                on = parts or StepParts.fresh(shape, cfg, total_steps, workers.device)
+                figures, compiled_step = measure_compile(chosen, on, batch)
+                measured.append(compiled_step)
+                return figures
+
+            compiled, why["compile_choice"] = resolve_compile(
+                cfg.compile, total_steps, machine_key(f"{precision} {attention}", shape, batch, length), measure)
     bf16, flash, math_kernel, compiled = workers.sum([float(precision == "bf16"), float(attention == "flash"),
                                                      float(attention == "math"), float(compiled)])
     attention = "flash" if flash else "math" if math_kernel else "default"
-    return replace(cfg, precision="bf16" if bf16 else "fp32", attention=attention, compile=compiled > 0), why
+    resolved = replace(cfg, precision="bf16" if bf16 else "fp32", attention=attention, compile=compiled > 0)
+    reusable = measured and parts is not None and resolved.compile and not workers.distributed
+    return resolved, why, measured[0] if reusable else None
 
 
-COMPILE_STEPS = 2  # steps per round of measure_compile, each variant in each of speed_choices.ROUNDS rounds
+COMPILE_STEPS = 1  # steps per round of measure_compile, each variant in each of speed_choices.ROUNDS rounds
 
 
-def measure_compile(cfg: TrainConfig, shape: ModelShape, batch: int, device: torch.device) -> dict[str, float]:
+def measure_compile(cfg: TrainConfig, parts: StepParts, batch: int) -> tuple[dict[str, float], Step]:
     """The first compiled step's seconds (its compilation) and the step's ms eager and compiled (the best of
-    alternating rounds), on fixed random tokens at a worker's batch, in models that are then thrown away."""
-    tokens = torch.randint(0, shape.vocab_size, (batch, cfg.max_seq_length + 1),
+    alternating rounds), on fixed random tokens at a worker's batch, with ``parts`` put back afterwards; and the
+    compiled step, ready for the same parts."""
+    tokens = torch.randint(0, parts.model.shape.vocab_size, (batch, cfg.max_seq_length + 1),
                            generator=torch.Generator().manual_seed(0))
-    inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    workers = Workers(rank=0, world_size=1, device=device)
-    steps = {}
-    with deterministic_algorithms():
-        for compiled in (False, True):
-            model = TinyTransformer(shape).to(device).train()
-            optimizer = make_optimizer(model, cfg)
-            steps[compiled] = make_train_step(model, optimizer, make_scheduler(optimizer, cfg, 1_000_000),
-                                              replace(cfg, compile=compiled), workers)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]  # as the data's batches lie: views of one (B, T+1) block
+    workers = Workers(rank=0, world_size=1, device=next(parts.model.parameters()).device)
+    steps = {compiled: make_train_step(parts.model, parts.optimizer, parts.scheduler, replace(cfg, compile=compiled),
+                                       workers)
+             for compiled in (False, True)}
+    with deterministic_algorithms(), parts.put_back():
+        parts.model.train()
         steps[False](inputs, targets)
         started = time.perf_counter()
         steps[True](inputs, targets)
         compile_s = time.perf_counter() - started
 
-        def timed(step: Callable[[torch.Tensor, torch.Tensor], float]) -> Callable[[], float]:
+        def timed(step: Step) -> Callable[[], float]:
             def run() -> float:
                 started = time.perf_counter()
                 for _ in range(COMPILE_STEPS):
@@ -271,7 +319,8 @@ def measure_compile(cfg: TrainConfig, shape: ModelShape, batch: int, device: tor
             return run
 
         seconds = best_of_rounds({"eager": timed(steps[False]), "compiled": timed(steps[True])})
-    return {"compile_s": compile_s, "eager_ms": seconds["eager"] * 1e3, "compiled_ms": seconds["compiled"] * 1e3}
+    figures = {"compile_s": compile_s, "eager_ms": seconds["eager"] * 1e3, "compiled_ms": seconds["compiled"] * 1e3}
+    return figures, steps[True]
 
 
 def history_with_seconds(history: list[dict[str, Any]], timings: list[dict[str, float]]) -> list[dict[str, Any]]:
