@@ -29,9 +29,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 from src import paths
 from src.config import load_config
 from src.data.corpus import part_text, read_index, split_books
+from src.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, encode_text
 from src.lib.runtime.model import load_bundle
 from src.model.checkpoint import load_model
 from src.model.transformer import KVCache
+from src.pipeline.bundle import tokenizer_files
+from src.pipeline.tokenize import tokenize
 from src.pipeline.validate import prompts_for, read_languages
 from tests.conftest import REPO_ROOT, TINY_PARAMS, run_module, write_params
 
@@ -67,7 +70,7 @@ def long_prompt(workdir: Path, language: str) -> list[int]:
     """Three contexts' worth of the language's held-out text, as sentencepiece's ids."""
     tokenizer = spm.SentencePieceProcessor(model_file=str(workdir / params_of(workdir).tokenizer_name.model))
     context = load_bundle(bundle_of(workdir)).config["context_length"]
-    ids = tokenizer.encode(held_out_texts(workdir)[language][0][:20_000])
+    ids = encode_text(tokenizer, held_out_texts(workdir)[language][0][:20_000])
     assert len(ids) >= 3 * context
     return ids[:3 * context]
 
@@ -107,18 +110,19 @@ def check_logits(workdir: Path, language: str) -> float:
     return worst
 
 
-def check_token_ids(workdir: Path, language: str) -> tuple[int, int]:
-    """(paragraphs, tokens) of the language's held-out text on which `transformers`' tokenizer gives
-    sentencepiece's ids: all of them (each book's held-out text whole, and each paragraph alone)."""
+def check_token_ids(workdir: Path, language: str, hf_dir: Path | None = None) -> tuple[int, int]:
+    """(paragraphs, tokens) of the language's held-out text on which `transformers`' tokenizer (the bundle's, or
+    the one in ``hf_dir``) gives our sentencepiece ids (``encode_text``): all of them (each book's held-out text
+    whole, and each paragraph alone)."""
     ours = spm.SentencePieceProcessor(model_file=str(workdir / params_of(workdir).tokenizer_name.model))
-    theirs = AutoTokenizer.from_pretrained(bundle_of(workdir), trust_remote_code=False)
+    theirs = AutoTokenizer.from_pretrained(hf_dir or bundle_of(workdir), trust_remote_code=False)
     paragraphs = tokens = 0
     for text in held_out_texts(workdir)[language]:
-        expected = ours.encode(text)
+        expected = encode_text(ours, text)
         assert theirs.encode(text, add_special_tokens=False) == expected, language
         tokens += len(expected)
         for paragraph in filter(None, text.split("\n\n")):
-            assert theirs.encode(paragraph, add_special_tokens=False) == ours.encode(paragraph), paragraph
+            assert theirs.encode(paragraph, add_special_tokens=False) == encode_text(ours, paragraph), paragraph
             paragraphs += 1
     return paragraphs, tokens
 
@@ -158,6 +162,28 @@ def test_transformers_computes_our_logits_over_a_prompt_three_contexts_long(tiny
 def test_transformers_tokenizer_gives_sentencepieces_ids_on_every_held_out_text(tiny_pipeline, language):
     paragraphs, tokens = check_token_ids(tiny_pipeline, language)
     assert paragraphs > 50 and tokens > 5000
+
+
+def test_the_default_tokenizer_gives_the_same_ids_on_every_default_books_whole_held_out_text(tiny_pipeline, tmp_path,
+                                                                                            monkeypatch):
+    """The default 8k unigram tokenizer, learnt from the default corpus as the tokenize stage learns it. Pride and
+    Prejudice's held-out text (20,466 tokens) is where sentencepiece's own `encode` of the whole text, summing
+    scores in single precision, once split "temper" te|m|per where the best path (and `tokenizers`) has te|mp|er."""
+    workdir = tmp_path / "default"
+    (workdir / "data").mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "params.yaml", workdir / "params.yaml")
+    cfg = params_of(workdir)
+    for name in (cfg.corpus_name.file, paths.CORPUS_INDEX_FILE):
+        shutil.copy(tiny_pipeline / name, workdir / name)
+    monkeypatch.chdir(workdir)
+    tokenize(cfg.split, cfg.tokenizer, cfg.corpus_name, cfg.tokenizer_name)
+    hf_dir = workdir / "hf"
+    hf_dir.mkdir()
+    special = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
+    for name, data in tokenizer_files(cfg.tokenizer_name.model.read_bytes(), special).items():
+        (hf_dir / name).write_bytes(data)
+    for language in ("en", "es"):
+        check_token_ids(workdir, language, hf_dir)
 
 
 def test_transformers_tokenizer_decodes_what_it_encodes(tiny_pipeline):

@@ -8,7 +8,7 @@ from src.config import TokenizerConfig
 from src.data.corpus import assemble, part_text, split_books
 from src.data.gutenberg import read_book
 from src.data.token_files import corpus_chunks, encode_corpus
-from src.data.tokenizer import EOS_ID, train_tokenizer
+from src.data.tokenizer import EOS_ID, encode_text, train_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -38,29 +38,30 @@ def encode(root, corpus, splits, name, processes, limit):
 
 
 def test_whole_parts_are_encoded_as_one_call_each_book_part_followed_by_eos(encoded_corpus):
-    """Below the chunk size the files hold exactly each part's ids of one encode call: the files the in-memory
-    encoder wrote before, byte for byte."""
+    """Below the chunk size the files hold exactly each part's ids (``encode_text``), each followed by EOS."""
     root, corpus, splits = encoded_corpus
     out, counts = encode(root, corpus, splits, "whole", 2, 4 * 2**20)
     processor = spm.SentencePieceProcessor(model_file=str(root / "tok.model"))
     meta = json.loads((out / "meta.json").read_text())
     for part in ("train", "validation"):
-        expected = [i for s in splits for i in processor.encode(part_text(corpus, getattr(s, part))) + [EOS_ID]]
+        expected = [i for s in splits for i in encode_text(processor, part_text(corpus, getattr(s, part))) + [EOS_ID]]
         assert (out / f"{part}.bin").read_bytes() == np.asarray(expected, dtype=np.uint16).tobytes()
         assert meta[part]["tokens"] == len(expected)
         assert [b["name"] for b in meta[part]["books"]] == ["alice", "pride", "quijote"]
         assert sum(b["tokens"] for b in meta[part]["books"]) == len(expected)
-    assert [c.tokens for c in counts] == [len(processor.encode(part_text(corpus, s.validation))) for s in splits]
+    assert [c.tokens for c in counts] == [len(encode_text(processor, part_text(corpus, s.validation))) for s in splits]
 
 
-def test_chunked_encoding_is_the_same_files_for_any_number_of_processes_and_decodes_to_the_text(encoded_corpus):
+def test_chunked_encoding_is_the_files_of_whole_parts_for_any_number_of_processes_and_decodes_to_the_text(
+        encoded_corpus):
     root, corpus, splits = encoded_corpus
     chunks = corpus_chunks(corpus, splits, 5_000)
     assert len(chunks) > 40 and all(c.end - c.start <= 5_000 for c in chunks)
+    unchunked, _ = encode(root, corpus, splits, "unchunked", 1, 4 * 2**20)
     one, _ = encode(root, corpus, splits, "one_process", 1, 5_000)
     out, counts = encode(root, corpus, splits, "three_processes", 3, 5_000)
     for name in ("train.bin", "validation.bin", "meta.json"):
-        assert (out / name).read_bytes() == (one / name).read_bytes(), name
+        assert (out / name).read_bytes() == (one / name).read_bytes() == (unchunked / name).read_bytes(), name
     processor = spm.SentencePieceProcessor(model_file=str(root / "tok.model"))
     meta = json.loads((out / "meta.json").read_text())
     for part in ("train", "validation"):

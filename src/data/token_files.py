@@ -5,10 +5,9 @@ themselves and hand back its ids as uint16 bytes, which go to the files in corpu
 the corpus nor its ids are ever held whole, and the files are the same whatever the number of processes.
 
 A book's part is encoded whole when it holds at most CHUNK_BYTES, and otherwise in line-aligned chunks of at
-most that (``line_chunks``). The newline is a piece of its own, so no piece spans a chunk's end; but
-sentencepiece sums a text's piece scores in single precision, so over a long text a near tie between two
-segmentations can fall the other way than over a short one: chunked ids are not always the ids of the whole
-text, and the cut is fixed (the same chunks on every machine) rather than left to the number of processes.
+most that (``line_chunks``). Text is encoded line by line (``encode_text``), so the ids of a chunked part are
+those of the part whole; the cut is fixed all the same (the same chunks on every machine), not left to the
+number of processes.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import sentencepiece as spm
 
 from src.atomic import replacing, write_atomic, write_json
 from src.data.corpus import BookSplit, Corpus, line_chunks
-from src.data.tokenizer import EOS_ID, HeldOutCount, vocabulary_characters
+from src.data.tokenizer import EOS_ID, HeldOutCount, encode_text, vocabulary_characters
 
 # src.data.dataset, which defines the files' dtype and meta.json, imports torch: it is imported where the stage
 # process needs it, never by the workers, which import this module (so does every process multiprocessing spawns,
@@ -112,7 +111,7 @@ def _start_worker(model_file: str, corpus_file: str, dtype: str) -> None:
 def _encode(chunk: Chunk) -> tuple[bytes, HeldOutCount | None]:
     """A chunk's ids as uint16 bytes, and for held-out text its count."""
     text = os.pread(_worker["corpus"], chunk.end - chunk.start, chunk.start).decode("utf-8")
-    ids = np.array(_worker["processor"].encode(text), dtype=_worker["dtype"])
+    ids = np.array(encode_text(_worker["processor"], text), dtype=_worker["dtype"])
     count = HeldOutCount.of(text, len(ids), _worker["covered"]) if chunk.part == "validation" else None
     return ids.tobytes(), count
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from src import paths
+from src.data.tokenizer import encode_text
 from src.lib.runtime.bundle import BundleError
 from src.lib.runtime.detokenize import TextStream, byte_values
 from src.lib.runtime.model import load_bundle
@@ -201,7 +202,7 @@ class Generator:
         chosen = Options(**options)
         chosen.check()
         check_prompt(prompt)
-        prompt_ids = self.model.tokenizer.encode(prompt)
+        prompt_ids = encode_text(self.model.tokenizer, prompt)
         if not prompt_ids:
             raise GenerationError("the prompt encodes to no tokens: give some text to continue")
         defaults = self.model.defaults
