@@ -29,7 +29,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 from src import paths
 from src.config import load_config
 from src.data.corpus import part_text, read_index, split_books
-from src.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, encode_text
+from src.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from src.lib.runtime.encode import encode_text
 from src.lib.runtime.model import load_bundle
 from src.model.checkpoint import load_model
 from src.model.transformer import KVCache

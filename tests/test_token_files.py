@@ -8,7 +8,8 @@ from src.config import TokenizerConfig
 from src.data.corpus import assemble, part_text, split_books
 from src.data.gutenberg import read_book
 from src.data.token_files import corpus_chunks, encode_corpus
-from src.data.tokenizer import EOS_ID, encode_text, train_tokenizer
+from src.data.tokenizer import EOS_ID, train_tokenizer
+from src.lib.runtime.encode import encode_text
 
 
 @pytest.fixture(scope="module")

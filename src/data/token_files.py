@@ -24,7 +24,8 @@ import sentencepiece as spm
 
 from src.atomic import replacing, write_atomic, write_json
 from src.data.corpus import BookSplit, Corpus, line_chunks
-from src.data.tokenizer import EOS_ID, HeldOutCount, encode_text, vocabulary_characters
+from src.data.tokenizer import EOS_ID, HeldOutCount, vocabulary_characters
+from src.lib.runtime.encode import encode_text
 
 # src.data.dataset, which defines the files' dtype and meta.json, imports torch: it is imported where the stage
 # process needs it, never by the workers, which import this module (so does every process multiprocessing spawns,

@@ -20,13 +20,13 @@ import sentencepiece as spm
 
 from src.config import ConfigError, TokenizerConfig
 from src.atomic import write_atomic
+from src.lib.runtime.encode import NEWLINE
 from src.paths import unusable_file
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 # sentencepiece skips every training sentence longer than this many bytes (its max_sentence_length, passed as
 # it defaults): longer lines are given to it in pieces, cut at spaces, so that no text is silently left out.
 MAX_SENTENCE_BYTES = 4192
-NEWLINE = "\n"
 _RESERVED_PIECES = 4 + 1 + 256  # pad, unk, bos, eos; newline; one piece per byte for byte fallback
 
 
@@ -124,27 +124,6 @@ def load_tokenizer(model_file: Path) -> spm.SentencePieceProcessor:
     except RuntimeError as exc:
         raise TokenizerError(f"{model_file} is not a sentencepiece model ({exc}): rebuild it with "
                              f"`dvc repro tokenize`") from None
-
-
-def encode_text(processor: spm.SentencePieceProcessor, text: str) -> list[int]:
-    """``text``'s ids as the project encodes text everywhere: line by line, joined by the newline's id.
-
-    The newline is a piece of its own, always whole, so every segmentation of a text passes through each of its
-    newlines, and the best one is each line's best, joined. sentencepiece's ``encode`` of a long text finds it
-    only nearly: it adds up a path's scores in single precision, and thousands of pieces in, the sum's rounding
-    (0.008 past 65,536) outgrows the gap between two segmentations of a word, which can then fall the other way.
-    A line's sum stays small: this is the exact best path (the one Hugging Face `tokenizers` finds, summing in
-    double precision), and the ids of a text are the same whole or cut at any line break."""
-    lines = text.split(NEWLINE)
-    if len(lines) == 1:
-        return processor.encode(text)
-    newline = processor.piece_to_id(NEWLINE)
-    ids: list[int] = []
-    for line_ids in processor.encode(lines):
-        ids += line_ids
-        ids.append(newline)
-    ids.pop()
-    return ids
 
 
 def vocabulary_characters(processor: spm.SentencePieceProcessor) -> set[str]:

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from src import paths
-from src.data.tokenizer import encode_text
 from src.lib.runtime.bundle import BundleError
 from src.lib.runtime.detokenize import TextStream, byte_values
+from src.lib.runtime.encode import encode_text
 from src.lib.runtime.model import load_bundle
 from src.lib.runtime.sampling import Decoder, GenerationTimes, Sampling, generate
 from src.lib.runtime.sampling_bounds import SAMPLING_BOUNDS, out_of_bounds
