@@ -29,7 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 from src import paths
 from src.config import load_config
 from src.data.corpus import part_text, read_index, split_books
-from src.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from src.data.tokenizer import SPECIAL_TOKENS
 from src.lib.runtime.encode import encode_text
 from src.lib.runtime.model import load_bundle
 from src.model.checkpoint import load_model
@@ -180,8 +180,7 @@ def test_the_default_tokenizer_gives_the_same_ids_on_every_default_books_whole_h
     tokenize(cfg.split, cfg.tokenizer, cfg.corpus_name, cfg.tokenizer_name)
     hf_dir = workdir / "hf"
     hf_dir.mkdir()
-    special = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
-    for name, data in tokenizer_files(cfg.tokenizer_name.model.read_bytes(), special).items():
+    for name, data in tokenizer_files(cfg.tokenizer_name.model.read_bytes(), SPECIAL_TOKENS).items():
         (hf_dir / name).write_bytes(data)
     for language in ("en", "es"):
         check_token_ids(workdir, language, hf_dir)

@@ -13,10 +13,9 @@ from tokenizers import Tokenizer
 from src.config import TokenizerConfig
 from src.data.hf_tokenizer import BYTE, CONTROL, NORMAL, UNKNOWN, USER_DEFINED, read_model, special_tokens_map, \
     tokenizer_config, tokenizer_json
-from src.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, TokenizerError, train_tokenizer
+from src.data.tokenizer import SPECIAL_TOKENS, TokenizerError, train_tokenizer
 from tests.conftest import REPO_ROOT
 
-SPECIAL = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
 HARD = ["Café crème, año, façade «¿Qué?»", "日本語の文章 中文", "🙂👍🏽", "1234567890 3.14", "\ttab\tand\nnew\n\nlines",
         "  two  spaces ", " leading", "trailing ", "\n", "x\r\ny", "ÿ\u0300", "a\u00a0b", "<s> </s> <pad>"]
 
@@ -66,8 +65,8 @@ def test_the_model_is_read_piece_by_piece(texts, tmp_path):
 def test_special_tokens_and_the_tokenizer_config(texts, tmp_path):
     model = train(texts[0], "unigram", tmp_path)
     names = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
-    assert special_tokens_map(SPECIAL, model) == names
-    assert tokenizer_config(SPECIAL, model) == {"tokenizer_class": "PreTrainedTokenizerFast", **names,
+    assert special_tokens_map(SPECIAL_TOKENS, model) == names
+    assert tokenizer_config(SPECIAL_TOKENS, model) == {"tokenizer_class": "PreTrainedTokenizerFast", **names,
                                                 "add_bos_token": False, "add_eos_token": False,
                                                 "clean_up_tokenization_spaces": False}
     added = {token["content"]: (token["id"], token["special"]) for token in tokenizer_json(model)["added_tokens"]}

@@ -24,6 +24,7 @@ from src.lib.runtime.encode import NEWLINE
 from src.paths import unusable_file
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+SPECIAL_TOKENS = {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}
 # sentencepiece skips every training sentence longer than this many bytes (its max_sentence_length, passed as
 # it defaults): longer lines are given to it in pieces, cut at spaces, so that no text is silently left out.
 MAX_SENTENCE_BYTES = 4192

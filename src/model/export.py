@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save as save_safetensors
 
-from src.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from src.data.tokenizer import SPECIAL_TOKENS
 from src.lib.runtime.hf_format import hf_config
 from src.model.checkpoint import load_model
 from src.model.transformer import TinyTransformer
@@ -33,7 +33,7 @@ def runtime_config(model: TinyTransformer) -> dict[str, Any]:
         "rope_base": model.rope.base, "rope_pairing": "half",  # channel i turns with channel i + head_dim / 2
         "norm": "layer_norm", "norm_eps": model.norm.eps, "activation": "gelu",  # the MLP's F.gelu: the erf form
         "tie_embeddings": True, "dtype": "float32",
-        "special_tokens": {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID},
+        "special_tokens": dict(SPECIAL_TOKENS),
     }
     return {**config, **hf_config(config)}
 

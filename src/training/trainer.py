@@ -217,7 +217,7 @@ def batches_per_epoch(train_split: TokenSplit, validation_split: TokenSplit, cfg
     return steps
 
 
-Step = Callable[[torch.Tensor, torch.Tensor], float]
+Step = Callable[[torch.Tensor, torch.Tensor], float]  # make_train_step's: one optimizer step, its loss
 
 
 @dataclass(frozen=True)
