@@ -127,7 +127,8 @@ def scale(r: dict) -> list[str]:
         disk = size["disk_mb"]
         rows.append([f"{size['size_mb']:g} MB ({size['books']} books)", size["corpus_mb"], f"{size['tokens']:,}",
                      *cells, size["train"]["tokens_per_sec"], size["train"]["evaluation_seconds"],
-                     size["train"]["checkpoint_seconds"], disk["books"], disk["data_and_cache"]])
+                     size["train"]["checkpoint_seconds"], disk["books"], disk["data_and_cache"],
+                     f"{disk['total'] / disk['books']:.2f}"])
     shelf = SHELVES.get(r["variant"], f"the books {r['variant']}")
     return [f"## Corpus scale: books {r['variant']}",
             "",
@@ -135,10 +136,11 @@ def scale(r: dict) -> list[str]:
             f"`dvc repro -s STAGE` in a fresh project per size; the books: {shelf}, in one directory source in books/. "
             f"Measured on {r['date']}, on {r['cpu']}. Each stage: wall time, then peak RSS of its largest "
             "process / of all its processes together. Disk: books/, and data/ with DVC's cache (hard-linked, each "
-            "file counted once).",
+            "file counted once), and all of it against the books: the text is the books' own files, read in place, "
+            "so what comes on top is the tokens (two bytes a token), the model and its checkpoints.",
             "",
             *table(["books", "corpus MB", "tokens", "download", "tokenize", "train", "train tokens/s",
-                    "evaluation s", "checkpoint s", "books MB on disk", "data + cache MB"], rows),
+                    "evaluation s", "checkpoint s", "books MB on disk", "data + cache MB", "disk ÷ books"], rows),
             "", f"`{r['command']}`"]
 
 

@@ -38,15 +38,13 @@ import psutil
 import yaml
 
 from bench.performance_page import scale as render_section
+from src import paths
 from src.atomic import write_atomic
 from src.config import ConfigError, names_called_for
 from src.data.fetch import MIRROR_ENV
 from src.training.distributed import processor_name
 
 ROOT = Path(__file__).resolve().parents[1]
-# What a fresh project needs (tests/conftest.py copies the same).
-PROJECT_FILES = ("src", "scripts", "books", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore",
-                 ".gitignore", "requirements.txt", "requirements-test.txt", "pyproject.toml")
 DEFAULT_BOOKS = ROOT.parent / "shared" / "corpus"  # the default books beside the checkout, as CI lays them out
 SHELF = "books/shelf"
 STAGES = ("check_params", "download", "tokenize", "train")
@@ -119,7 +117,7 @@ def write_params(project: Path, overrides: dict[str, object]) -> None:
 def create_project(path: Path, env: dict[str, str]) -> None:
     """A copy of this project in ``path``, committed to a fresh git repo."""
     path.mkdir(parents=True)
-    for name in PROJECT_FILES:
+    for name in paths.PROJECT_FILES:
         source, target = ROOT / name, path / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():

@@ -378,6 +378,9 @@ class CorpusConfig:
     backoff_s: float = number("corpus.backoff_s", float, 0, 600)
     max_download_mb: float = number("corpus.max_download_mb", float, 0, 10_000, lo_open=True)
     min_free_disk_gb: float = number("corpus.min_free_disk_gb", float, 0, 1_000_000)
+    # The corpus text file (data/corpus_<name>.txt) holds the corpus's text while it is at most this many MB;
+    # beyond, it says where the text is (the later stages read the books in place, whatever its size).
+    text_file_mb: float = number("corpus.text_file_mb", float, 0, 1_000_000)
     # Every source: params.yaml's, then the sources file's (read and checked here, once).
     books: tuple[BookSource, ...] = field(init=False, repr=False, compare=False)
 

@@ -44,6 +44,9 @@ BUNDLE_DIR = Path("dist") / "tinytransformer"
 SAMPLES = METRICS / "samples.json"
 VALIDATE_METRICS = METRICS / "validate.json"
 
+# What a fresh copy of the project needs to run the pipeline (the tests' and the benches' projects are such copies).
+PROJECT_FILES = ("src", "scripts", "books", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore",
+                 ".gitignore", "requirements.txt", "requirements-test.txt", "pyproject.toml")
 FAILED_RUN = Path("failed")  # what a failed stage wrote in place of its metrics, kept there when restore replaces it
 
 

@@ -23,7 +23,9 @@ import yaml
 
 from src import paths
 from src.config import ConfigError, ModelConfig, TrainConfig, names_called_for
+from src.data.corpus import BookSplit, LineMap, split_book
 from src.data.dataset import SplitStats
+from src.data.gutenberg import read_book
 from src.data.token_files import write_token_dataset
 from src.model.checkpoint import load_checkpoint, save_checkpoint
 from src.training.trainer import train
@@ -35,6 +37,19 @@ BOOKS = ("pg1342.txt", "pg11.txt", "pg2000.txt")
 os.environ["DVC_NO_ANALYTICS"] = "1"
 # train.precision: auto caches its measurement; tests keep theirs apart from the user's (~/.cache/tinytransformer).
 os.environ.setdefault("TT_CACHE_DIR", tempfile.mkdtemp(prefix="tinytransformer-cache-"))
+
+
+def index_books(directory: Path, books: list[tuple[str, str, str]], holdout_fraction: float) -> list[BookSplit]:
+    """(name, language, text) books, each written to ``directory`` as a plain text file and split as the download
+    stage splits a book: their index entries."""
+    splits = []
+    for name, language, text in books:
+        path = directory / f"{name}.txt"
+        path.write_bytes(text.encode("utf-8"))
+        book = read_book(path.read_bytes(), name, "plain")
+        splits.append(split_book(name, language, LineMap(str(path), path.read_bytes(), book), book,
+                                 book.text.encode("utf-8"), holdout_fraction))
+    return splits
 
 
 def _shared_corpus_dir() -> Path:
@@ -203,8 +218,6 @@ def run_module(module: str, cwd: Path, *args: str, env: dict | None = None,
                           capture_output=True, text=True, timeout=timeout)
 
 
-PROJECT_FILES = ("src", "scripts", "books", "dvc.yaml", "params.yaml", ".dvc/config", ".dvc/.gitignore", ".dvcignore", ".gitignore",
-                 "requirements.txt", "requirements-test.txt", "pyproject.toml")
 
 
 
@@ -233,7 +246,7 @@ class ProjectRepo:
     def create(cls, path: Path) -> "ProjectRepo":
         """Copy the project into ``path`` (new) and commit it to a fresh git repo."""
         path.mkdir()
-        for name in PROJECT_FILES:
+        for name in paths.PROJECT_FILES:
             source, target = REPO_ROOT / name, path / name
             target.parent.mkdir(parents=True, exist_ok=True)
             if source.is_dir():

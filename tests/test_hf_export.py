@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
 from src import paths
 from src.config import load_config
-from src.data.corpus import part_text, read_index, split_books
+from src.data.corpus import range_text, read_index
 from src.data.tokenizer import SPECIAL_TOKENS
 from src.lib.runtime.encode import encode_text
 from src.lib.runtime.model import load_bundle
@@ -54,11 +55,10 @@ def bundle_of(workdir: Path) -> Path:
 
 def held_out_texts(workdir: Path) -> dict[str, list[str]]:
     """Per language, the held-out text of each of its books (what the tokenize stage measures)."""
-    corpus = (workdir / params_of(workdir).corpus_name.file).read_bytes()
-    fraction = load_config(workdir / "params.yaml").split.holdout_fraction
     texts: dict[str, list[str]] = {}
-    for book in split_books(corpus, read_index(workdir / paths.CORPUS_INDEX_FILE), fraction):
-        texts.setdefault(book.language, []).append(part_text(corpus, book.validation))
+    for book in read_index(workdir / paths.CORPUS_INDEX_FILE)[1]:
+        held_out = replace(book.validation, file=str(workdir / book.validation.file))
+        texts.setdefault(book.language, []).append(range_text(held_out))
     return texts
 
 
@@ -174,10 +174,10 @@ def test_the_default_tokenizer_gives_the_same_ids_on_every_default_books_whole_h
     (workdir / "data").mkdir(parents=True)
     shutil.copy(REPO_ROOT / "params.yaml", workdir / "params.yaml")
     cfg = params_of(workdir)
-    for name in (cfg.corpus_name.file, paths.CORPUS_INDEX_FILE):
-        shutil.copy(tiny_pipeline / name, workdir / name)
+    shutil.copy(tiny_pipeline / paths.CORPUS_INDEX_FILE, workdir / paths.CORPUS_INDEX_FILE)
+    shutil.copytree(tiny_pipeline / paths.RAW_DIR, workdir / paths.RAW_DIR)
     monkeypatch.chdir(workdir)
-    tokenize(cfg.split, cfg.tokenizer, cfg.corpus_name, cfg.tokenizer_name)
+    tokenize(cfg.tokenizer, cfg.tokenizer_name)
     hf_dir = workdir / "hf"
     hf_dir.mkdir()
     for name, data in tokenizer_files(cfg.tokenizer_name.model.read_bytes(), SPECIAL_TOKENS).items():

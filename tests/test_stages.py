@@ -45,6 +45,44 @@ def test_download_then_tokenize_from_the_loopback_server(workdir, book_server):
     assert set(tokenizer["held_out"]) == {"en", "es"}
 
 
+def test_a_corpus_larger_than_text_file_mb_is_not_copied_and_tokenizes_to_the_same_files(workdir, book_server):
+    """The books are the corpus: the tokens do not depend on whether the corpus text file holds a copy of them.
+    Past corpus.text_file_mb that file only says where the text is, and data/ holds no copy of it."""
+    mirror = {"TT_CORPUS_MIRROR": book_server.url}
+    tokens = {}
+    for text_file_mb in (100, 1):
+        write_params(workdir, {"vocab_size": 2000, "corpus.text_file_mb": text_file_mb})
+        for stage in ("download", "tokenize"):
+            done = run_module(f"src.pipeline.{stage}", workdir, env=mirror)
+            assert done.returncode == 0, done.stderr
+        tokens[text_file_mb] = [(workdir / "data/tokens" / name).read_bytes()
+                                for name in ("train.bin", "validation.bin", "meta.json")]
+    assert tokens[1] == tokens[100]
+    note = (workdir / "data/corpus_bilingual.txt").read_text(encoding="utf-8")
+    assert note.startswith("This corpus holds 3,056,625 bytes of text in 3 books, more than corpus.text_file_mb = 1 MB")
+    raw = sum(path.stat().st_size for path in (workdir / "data/raw").iterdir())
+    others = sum(path.stat().st_size for path in (workdir / "data").rglob("*")
+                 if path.is_file() and path.parent.name not in ("raw", "tokens"))
+    assert others < 0.2 * raw  # the tokenizer, the index, the note: no second copy of the books' text
+    metrics = json.loads((workdir / "metrics/corpus.json").read_text())["corpus"]
+    assert metrics["bytes"] == 3_056_625  # the corpus's figures, whether its text file holds it or not
+
+
+def test_a_book_changed_after_download_is_refused_by_tokenize(workdir, book_server):
+    """The index points into the books' files: tokenize reads none that is not the file download indexed."""
+    assert run_module("src.pipeline.download", workdir, env={"TT_CORPUS_MIRROR": book_server.url}).returncode == 0
+    book = workdir / "data/raw/pg11.txt"
+    original = book.read_bytes()
+    for changed, said in ((original.replace(b"Alice", b"Alicia"), "is {size} bytes long, not 173597"),
+                          (original.replace(b"Alice", b"ALICE"), "no longer has sha256 2bb7d5634ee2")):
+        book.write_bytes(changed)
+        done = run_module("src.pipeline.tokenize", workdir)
+        assert done.returncode == 3 and "Traceback" not in done.stderr
+        assert f"data/raw/pg11.txt {said.format(size=len(changed))}" in done.stderr
+        assert "since the download stage indexed it: run `dvc repro download`" in done.stderr
+        assert not (workdir / "data/tokens").exists()
+
+
 def test_bad_param_exits_1_before_any_work(workdir, book_server):
     write_params(workdir, {"corpus.retries": -1})
     done = run_module("src.pipeline.download", workdir, env={"TT_CORPUS_MIRROR": book_server.url})

@@ -4,21 +4,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from src.config import ConfigError, TokenizerConfig
-from src.data.corpus import assemble, line_chunks, part_text, split_books
+from src.data.corpus import range_text
 from src.data.gutenberg import read_book
+from tests.conftest import index_books
 from src.data.tokenizer import (MAX_SENTENCE_BYTES, NEWLINE, HeldOutCount, required_characters, sample_sentences,
                                 sentences, train_tokenizer, vocabulary_characters)
 
 
 @pytest.fixture(scope="module")
-def small_corpus(shared_corpus):
+def small_corpus(shared_corpus, tmp_path_factory):
     """The first 150 kB of an English and a Spanish book: enough for a 1000-piece vocabulary."""
     books = [("alice", "en", read_book((shared_corpus / "pg11.txt").read_bytes(), "pg11").text[:150_000]),
              ("quijote", "es", read_book((shared_corpus / "pg2000.txt").read_bytes(), "pg2000").text[:150_000])]
-    corpus, spans = assemble(books)
-    splits = split_books(corpus, spans, 0.1)
-    lines = [line for s in splits for line in part_text(corpus, s.train).split("\n") if line.strip()]
-    held_out = {s.language: part_text(corpus, s.validation) for s in splits}
+    splits = index_books(tmp_path_factory.mktemp("books"), books, 0.1)
+    lines = [line for s in splits for line in range_text(s.train).split("\n") if line.strip()]
+    held_out = {s.language: range_text(s.validation) for s in splits}
     return lines, held_out
 
 
@@ -116,21 +116,24 @@ def test_a_book_on_one_line_trains_the_tokenizer(small_corpus, tmp_path):
     assert len(processor.encode(one_line[:5000])) < 2500  # whole words learned, not single characters
 
 
-def test_the_tokenizer_learns_from_every_line_when_the_sample_bound_holds_them(tmp_path):
+def pieces(text: str, limit: int) -> list[str]:
+    """``text`` in line-aligned pieces of about ``limit`` characters, as the tokenize stage reads a book's chunks."""
+    lines = text.splitlines(keepends=True)
+    return ["".join(lines[i:i + max(1, limit // 10)]) for i in range(0, len(lines), max(1, limit // 10))]
+
+
+def test_the_tokenizer_learns_from_every_line_when_the_sample_bound_holds_them():
     text = "".join(f"línea {i}\n" if i % 7 else "   \n" for i in range(500))
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_bytes(text.encode())
-    chunks = line_chunks(text.encode(), (0, len(text.encode())), 100)
-    assert sample_sentences(corpus, chunks, 1e6, seed=1) == [line for line in text.split("\n") if line.strip()]
+    assert sample_sentences(pieces(text, 100), len(text.encode()), 1e6, seed=1) == \
+        [line for line in text.split("\n") if line.strip()]
 
 
-def test_beyond_the_bound_it_learns_from_a_seeded_sample_whatever_the_chunks(tmp_path):
-    data = "".join(f"{i} {'palabra ' * (i % 13)}\n" for i in range(20_000)).encode()
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_bytes(data)
+def test_beyond_the_bound_it_learns_from_a_seeded_sample_whatever_the_chunks():
+    text = "".join(f"{i} {'palabra ' * (i % 13)}\n" for i in range(20_000))
+    data = text.encode()
 
     def sample(limit: int, seed: int = 5) -> list[str]:
-        return sample_sentences(corpus, line_chunks(data, (0, len(data)), limit), len(data) / 10, seed)
+        return sample_sentences(pieces(text, limit), len(data), len(data) / 10, seed)
 
     drawn = sample(4096)
     assert drawn == sample(777) == sample(len(data))  # one draw per line, in corpus order

@@ -23,7 +23,7 @@ class NotTextError(ValueError):
 
 
 def decode(raw: bytes, label: str) -> str:
-    """Strict UTF-8 (BOM allowed) with line endings normalised to '\\n' and Unicode NFC."""
+    """Strict UTF-8 (BOM allowed), checked to be text, then ``normalize_lines``."""
     if b"\x00" in raw:
         raise NotTextError(f"{label}: contains NUL bytes; this is a binary file, not a text book")
     try:
@@ -32,12 +32,19 @@ def decode(raw: bytes, label: str) -> str:
         raise NotTextError(f"{label}: not valid UTF-8 at byte {exc.start}: {exc.reason}") from None
     if len(_CONTROL.findall(text)) > max(16, len(text) // 1000):
         raise NotTextError(f"{label}: too many control characters; this does not look like text")
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return unicodedata.normalize("NFC", text)
+    return normalize_lines(text)
 
 
-def strip_boilerplate(text: str, label: str) -> str:
-    """The book's text between the Gutenberg START and END markers, trimmed of blank edges."""
+def normalize_lines(text: str) -> str:
+    """Line endings made '\n' and Unicode NFC. Line by line: the normalised text of whole lines is the same
+    whether they are normalised together or apart ('\n' is never part of a composition), which is what lets a
+    book's cleaned text be read back from any run of its file's lines (src/data/corpus.py)."""
+    return unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+def strip_boilerplate(text: str, label: str) -> tuple[int, int]:
+    """Where the book lies in ``text``: between the Gutenberg START and END markers, less an old edition's
+    trailer and the blank edges."""
     start = _START.search(text)
     end = _END.search(text, start.end() if start else 0)
     if not (start and end):
@@ -45,10 +52,18 @@ def strip_boilerplate(text: str, label: str) -> str:
         raise NotTextError(
             f"{label}: no Gutenberg {missing} marker found ('*** START OF THE PROJECT GUTENBERG EBOOK"
             f" ... ***'); set format: plain for this source if it is not a Gutenberg file")
-    body = _TRAILER.sub("", text[start.end():end.start()]).strip()
-    if not body:
+    trailer = _TRAILER.search(text, start.end(), end.start())
+    body = stripped(text, start.end(), trailer.start() if trailer else end.start())
+    if body[0] == body[1]:
         raise NotTextError(f"{label}: empty after stripping the Gutenberg header and footer")
     return body
+
+
+def stripped(text: str, start: int, end: int) -> tuple[int, int]:
+    """``text[start:end]`` less its leading and trailing whitespace (as ``str.strip``), as a range of ``text``."""
+    part = text[start:end]
+    lead = len(part) - len(part.lstrip())
+    return start + lead, start + lead + len(part[lead:].rstrip())
 
 
 _FIELD = re.compile(r"^[ \t]*(Title|Author|Language):[ \t]*(\S.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
@@ -56,12 +71,19 @@ _FIELD = re.compile(r"^[ \t]*(Title|Author|Language):[ \t]*(\S.*?)[ \t]*$", re.I
 
 @dataclass(frozen=True)
 class Book:
-    """A book as cleaning leaves it: its text, what its Gutenberg header says of it, and the licence removed."""
-    text: str
+    """A book as cleaning leaves it: its file's text decoded and normalised (``whole``), the book's ``span`` in it,
+    what its Gutenberg header says of it, and the licence removed."""
+    whole: str
+    span: tuple[int, int]
     title: str | None
     author: str | None
     language: str | None  # as the header names it ("English", "Spanish"), not a code
     licence: str  # everything after the END marker: Project Gutenberg's licence ("" for an unmarked source)
+
+    @property
+    def text(self) -> str:
+        """The book's text, without boilerplate."""
+        return self.whole[self.span[0]:self.span[1]]
 
 
 def read_book(raw: bytes, label: str, text_format: str = "gutenberg") -> Book:
@@ -72,12 +94,13 @@ def read_book(raw: bytes, label: str, text_format: str = "gutenberg") -> Book:
     """
     text = decode(raw, label)
     if text_format == "plain":
-        if not text.strip():
+        span = stripped(text, 0, len(text))
+        if span[0] == span[1]:
             raise NotTextError(f"{label}: empty")
-        return Book(text.strip(), None, None, None, "")
+        return Book(text, span, None, None, None, "")
     start = _START.search(text)
     end = _END.search(text, start.end() if start else 0)
     header = text[:start.start()] if start else ""
     fields = {name.lower(): value for name, value in reversed(_FIELD.findall(header))}  # the first of each wins
-    return Book(strip_boilerplate(text, label), fields.get("title"),
+    return Book(text, strip_boilerplate(text, label), fields.get("title"),
                 fields.get("author"), fields.get("language"), text[end.start():].strip() if end else "")

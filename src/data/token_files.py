@@ -1,21 +1,23 @@
 """The token dataset, written: each split's token ids, book by book, as the flat uint16 files dataset.py reads.
 
-``encode_corpus`` encodes the corpus file on every core: worker processes each read their stretch of the file
-themselves and hand back its ids as uint16 bytes, which go to the files in corpus order as they come, so neither
-the corpus nor its ids are ever held whole, and the files are the same whatever the number of processes.
+``encode_books`` encodes the books on every core: worker processes each read their stretch of a book's file
+themselves (``range_text``) and hand back its ids as uint16 bytes, which go to the files in corpus order as they
+come, so neither the corpus nor its ids are ever held whole, and the files are the same whatever the number of
+processes.
 
-A book's part is encoded whole when it holds at most CHUNK_BYTES, and otherwise in line-aligned chunks of at
-most that (``line_chunks``). Text is encoded line by line (``encode_text``), so the ids of a chunked part are
-those of the part whole; the cut is fixed all the same (the same chunks on every machine), not left to the
-number of processes.
+A book's part is encoded whole when its file's range holds at most CHUNK_BYTES, and otherwise in line-aligned
+chunks of at most that (``line_chunks``). Text is encoded line by line (``encode_text``), so the ids of a chunked
+part are those of the part whole; the cut is fixed all the same (the same chunks on every machine), not left to
+the number of processes.
 """
 
 from __future__ import annotations
 
+import mmap
 import multiprocessing
 import os
 import signal
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +25,7 @@ import numpy as np
 import sentencepiece as spm
 
 from src.atomic import replacing, write_atomic, write_json
-from src.data.corpus import BookSplit, Corpus, line_chunks
+from src.data.corpus import BookSplit, TextRange, line_chunks, range_text
 from src.data.tokenizer import EOS_ID, HeldOutCount, vocabulary_characters
 from src.lib.runtime.encode import encode_text
 
@@ -41,21 +43,27 @@ CHUNK_BYTES = 4 * 2**20
 
 @dataclass(frozen=True)
 class Chunk:
-    """A line-aligned byte range of the corpus, in a book's ``part``; ``last``: the part ends with it."""
+    """Whole lines of a book's ``part``, as a range of its file; ``last``: the part ends with it."""
     book: int
     part: str
-    start: int
-    end: int
+    text: TextRange
     last: bool
 
 
-def corpus_chunks(corpus: Corpus, splits: list[BookSplit], limit: int = CHUNK_BYTES) -> list[Chunk]:
-    """Every book's training then held-out part, in chunks of at most ``limit`` bytes (a longer line whole)."""
+def book_chunks(splits: list[BookSplit], limit: int = CHUNK_BYTES) -> list[Chunk]:
+    """Every book's training then held-out part, in chunks of at most ``limit`` bytes of its file (a longer line
+    whole): the first keeps the part's ``skip``, the last its ``drop``."""
     chunks = []
     for book, split in enumerate(splits):
         for part in PARTS:
-            ranges = line_chunks(corpus, getattr(split, part), limit)
-            chunks += [Chunk(book, part, start, end, i == len(ranges) - 1) for i, (start, end) in enumerate(ranges)]
+            whole = getattr(split, part)
+            with open(whole.file, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                ranges = line_chunks(data, (whole.start, whole.end), limit)
+            for i, (start, end) in enumerate(ranges):
+                last = i == len(ranges) - 1
+                text = replace(whole, start=start, end=end, skip=whole.skip if i == 0 else 0,
+                               drop=whole.drop if last else 0)
+                chunks.append(Chunk(book, part, text, last))
     return chunks
 
 
@@ -63,10 +71,10 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def encode_corpus(corpus_file: Path, model_file: Path, splits: list[BookSplit], chunks: list[Chunk],
-                  directory: Path, processes: int) -> list[HeldOutCount]:
-    """Encode ``chunks`` of ``corpus_file`` with the tokenizer in ``model_file`` in ``processes`` worker processes
-    into ``directory``'s train.bin, validation.bin and meta.json (each book's part followed by EOS). Returns each
+def encode_books(model_file: Path, splits: list[BookSplit], chunks: list[Chunk], directory: Path, processes: int
+                 ) -> list[HeldOutCount]:
+    """Encode ``chunks`` with the tokenizer in ``model_file`` in ``processes`` worker processes into
+    ``directory``'s train.bin, validation.bin and meta.json (each book's part followed by EOS). Returns each
     book's held-out count, in the order of ``splits``."""
     from src.data.dataset import TOKEN_DTYPE, BookTokens, SplitStats
 
@@ -80,7 +88,7 @@ def encode_corpus(corpus_file: Path, model_file: Path, splits: list[BookSplit], 
     with replacing(directory / "train.bin") as train, replacing(directory / "validation.bin") as validation, \
             train.open("wb") as train_out, validation.open("wb") as validation_out, \
             context.Pool(max(1, min(processes, len(chunks))), _start_worker,
-                         (str(model_file), str(corpus_file), np.dtype(TOKEN_DTYPE).str)) as pool:
+                         (str(model_file), np.dtype(TOKEN_DTYPE).str)) as pool:
         out = {"train": train_out, "validation": validation_out}
         for chunk, (ids, count) in zip(chunks, pool.imap(_encode, chunks)):
             out[chunk.part].write(ids)
@@ -92,8 +100,8 @@ def encode_corpus(corpus_file: Path, model_file: Path, splits: list[BookSplit], 
                 tokens[chunk.part][chunk.book] += 1
     meta = {}
     for part in PARTS:
-        books = tuple(BookTokens(split.name, split.language, tokens[part][i], getattr(split, part)[1]
-                                 - getattr(split, part)[0]) for i, split in enumerate(splits))
+        books = tuple(BookTokens(split.name, split.language, tokens[part][i], getattr(split, f"{part}_bytes"))
+                      for i, split in enumerate(splits))
         meta[part] = asdict(SplitStats(sum(b.tokens for b in books), sum(b.bytes for b in books), books))
     write_json(directory / "meta.json", meta)
     return held_out
@@ -102,23 +110,22 @@ def encode_corpus(corpus_file: Path, model_file: Path, splits: list[BookSplit], 
 _worker: dict = {}
 
 
-def _start_worker(model_file: str, corpus_file: str, dtype: str) -> None:
+def _start_worker(model_file: str, dtype: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C reaches the stage, which stops the pool
     processor = spm.SentencePieceProcessor(model_file=model_file)
-    _worker.update(processor=processor, covered=vocabulary_characters(processor),
-                   corpus=os.open(corpus_file, os.O_RDONLY), dtype=np.dtype(dtype))
+    _worker.update(processor=processor, covered=vocabulary_characters(processor), dtype=np.dtype(dtype))
 
 
 def _encode(chunk: Chunk) -> tuple[bytes, HeldOutCount | None]:
     """A chunk's ids as uint16 bytes, and for held-out text its count."""
-    text = os.pread(_worker["corpus"], chunk.end - chunk.start, chunk.start).decode("utf-8")
+    text = range_text(chunk.text)
     ids = np.array(encode_text(_worker["processor"], text), dtype=_worker["dtype"])
     count = HeldOutCount.of(text, len(ids), _worker["covered"]) if chunk.part == "validation" else None
     return ids.tobytes(), count
 
 
 def write_token_dataset(directory: Path, parts: dict[str, tuple[np.ndarray, SplitStats]]) -> None:
-    """Token ids already in memory (small datasets), written as ``encode_corpus`` writes them."""
+    """Token ids already in memory (small datasets), written as ``encode_books`` writes them."""
     for name, (ids, _) in parts.items():
         write_atomic(directory / f"{name}.bin", ids.tobytes())
     meta = {name: asdict(stats) for name, (_, stats) in parts.items()}

@@ -9,7 +9,6 @@ sample of them when they hold more than tokenizer.sample_mb (``sample_sentences`
 from __future__ import annotations
 
 import io
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,22 +62,22 @@ def sentences(lines: Iterable[str]) -> Iterator[str]:
         yield data.decode("utf-8")
 
 
-def sample_sentences(corpus_file: Path, chunks: list[tuple[int, int]], sample_bytes: float, seed: int) -> list[str]:
-    """The non-empty lines of the corpus's ``chunks`` (line-aligned byte ranges of the training text) the tokenizer
-    learns from: all of them when the chunks hold at most ``sample_bytes``, else each line kept with probability
-    ``sample_bytes`` / their size, one draw per line in corpus order from a generator seeded by ``seed``: the same
-    sample on every machine, whatever the chunks' sizes, and about ``sample_bytes`` of text whatever the corpus's."""
-    share = sample_bytes / max(sum(end - start for start, end in chunks), 1)
+def sample_sentences(texts: Iterable[str], total_bytes: int, sample_bytes: float, seed: int) -> list[str]:
+    """The non-empty lines of ``texts`` (whole lines of the training text, ``total_bytes`` of UTF-8 in all) the
+    tokenizer learns from: all of them when they hold at most ``sample_bytes``, else each line kept with
+    probability ``sample_bytes`` / ``total_bytes``, one draw per line in corpus order from a generator seeded by
+    ``seed``: the same sample on every machine, whatever the texts' sizes, and about ``sample_bytes`` of text
+    whatever the corpus's."""
+    share = sample_bytes / max(total_bytes, 1)
     draws = np.random.default_rng(seed) if share < 1 else None
     lines: list[str] = []
-    with open(corpus_file, "rb") as f:
-        for start, end in chunks:
-            rows = os.pread(f.fileno(), end - start, start).split(b"\n")
-            if rows[-1] == b"":
-                rows.pop()  # what follows the chunk's last line break is the next chunk's
-            if draws is not None:
-                rows = [rows[i] for i in np.flatnonzero(draws.random(len(rows)) < share)]
-            lines.extend(line for line in (row.decode("utf-8") for row in rows) if line.strip())
+    for text in texts:
+        rows = text.split("\n")
+        if rows[-1] == "":
+            rows.pop()  # the text ends with a line break, not with an empty line
+        if draws is not None:
+            rows = [rows[i] for i in np.flatnonzero(draws.random(len(rows)) < share)]
+        lines.extend(line for line in rows if line.strip())
     return lines
 
 

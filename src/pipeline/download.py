@@ -8,8 +8,11 @@ The http(s) books are fetched into data/raw/, corpus.parallel_downloads at a tim
 (dvc.yaml), so a re-run fetches only the books that are not there yet with the pinned bytes. Local books are read
 where they are, never copied.
 
-The corpus is built a book at a time: each is read, cleaned, appended to the corpus file and counted (its
-figures, its held-out text's words), then dropped, so memory follows the largest book, not the corpus.
+The corpus is built a book at a time: each is read, cleaned, split and indexed (which lines of its file hold its
+training and its held-out text: src/data/corpus.py), counted (its figures, its held-out text's words), and
+appended to the corpus text file while it holds at most corpus.text_file_mb MB, then dropped, so
+memory follows the largest book, not the corpus. On disk, the text is the books' own files: the index points
+into them, and a large corpus is not copied.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 from src import paths
 from src.atomic import remove_leftovers, replacing, write_json
 from src.config import BookSource, CorpusConfig, CorpusName, SplitConfig, load_config
-from src.data.corpus import BOOK_SEPARATOR, BookSpan, CorpusWriter, hold_out_cut, write_index
+from src.data.corpus import BOOK_SEPARATOR, BookFile, CorpusWriter, LineMap, split_book, write_index
 from src.data.fetch import (MIRROR_ENV, DownloadError, Fetch, FetchPolicy, fetch_all, read_verified,
                             resolve_location)
 from src.data.gutenberg import Book, NotTextError, read_book
@@ -80,27 +83,37 @@ def download(cfg: CorpusConfig, split: SplitConfig, corpus_name: CorpusName, *, 
     books = [book for index, source in enumerate(cfg.books) for book in each_book(source, source_key(cfg, index))]
     fetch_remote([source for source, _ in books if not source.is_local], cfg, mirror, raw_dir)
 
-    described, held_out, languages = [], {}, {}
+    described, held_out, languages, splits, files = [], {}, {}, [], {}
     with replacing(corpus_name.file) as part, part.open("wb") as out:
-        writer = CorpusWriter(out)
+        # The corpus text file is for people to read, written while the corpus is small: the later stages read
+        # the books in place, through the index (src/data/corpus.py).
+        writer = CorpusWriter(out, cfg.text_file_mb * 1e6)
         for source, key in books:
-            book, sha256 = read_source(source, raw_dir)
+            path, raw, sha256 = read_source(source, raw_dir)
+            book = read_book(raw, source.url if source.is_local else source.file_name, source.format)
             language = book_language(source, book, key)
             text = book.text.encode("utf-8")
-            writer.add(source.name, language, text)
+            writer.add(text)
             try:
-                cut = hold_out_cut(text, BookSpan(source.name, language, 0, len(text)), split.holdout_fraction)
+                book_split = split_book(source.name, language, LineMap(path.as_posix(), raw, book), book, text,
+                                        split.holdout_fraction)
             except ValueError as exc:
                 raise StageError(f"{exc}: add text to it or raise split.holdout_fraction") from None
-            held_out.setdefault(language, LanguageText()).add(source.name, text[cut:].decode("utf-8"))
-            languages.setdefault(language, Tally()).add(len(text), len(book.text))
+            splits.append(book_split)
+            files[path] = BookFile(path.as_posix(), len(raw), sha256)
+            held_out.setdefault(language, LanguageText()).add(source.name,
+                                                               text[book_split.train_bytes:].decode("utf-8"))
+            characters = book.span[1] - book.span[0]
+            languages.setdefault(language, Tally()).add(len(text), characters)
             described.append({"name": source.name, "title": book.title, "author": book.author, "url": source.url,
                               "sha256": sha256, "language": language, "bytes": len(text),
-                              "characters": len(book.text), "licence": book.licence})
+                              "characters": characters, "licence": book.licence})
         writer.finish()
+        if not writer.written:
+            out.write(text_file_note(writer.size, writer.books, cfg.text_file_mb).encode("utf-8"))
         corpus_name.check_languages(list(languages))  # the headers may have named some of them
         profiles = language_profiles(held_out, split.holdout_fraction)
-    write_index(index_file, writer.spans)
+    write_index(index_file, list(files.values()), splits)
     write_json(languages_file, profiles)
     metrics = corpus_metrics(writer.size, languages)
     book_characters = sum(tally.characters for tally in languages.values())
@@ -155,14 +168,20 @@ def fetch_remote(sources: list[BookSource], cfg: CorpusConfig, mirror: str | Non
             (raw_dir / stale).unlink()
 
 
-def read_source(source: BookSource, raw_dir: Path) -> tuple[Book, str]:
-    """A book cleaned, and the sha256 of its file: a local one read where it is, held to its pin; an http(s) one
+def read_source(source: BookSource, raw_dir: Path) -> tuple[Path, bytes, str]:
+    """A book's file, its bytes and their sha256: a local one read where it is, held to its pin; an http(s) one
     from ``raw_dir``, where ``fetch_remote`` verified it."""
     if source.is_local:
-        raw, sha256 = read_verified(source.path, source.sha256, source.url)
-        return read_book(raw, source.url, source.format), sha256
-    raw = (raw_dir / source.file_name).read_bytes()
-    return read_book(raw, source.file_name, source.format), source.sha256
+        return source.path, *read_verified(source.path, source.sha256, source.url)
+    path = raw_dir / source.file_name
+    return path, path.read_bytes(), source.sha256
+
+
+def text_file_note(size: int, books: int, text_file_mb: float) -> str:
+    """What the corpus text file says when the corpus is too large for it to hold a copy of the text."""
+    return (f"This corpus holds {size:,} bytes of text in {books:,} books, more than corpus.text_file_mb = "
+            f"{text_file_mb:g} MB, so it is not copied here: the pipeline reads each book in place, as "
+            f"data/corpus_index.json says. Raise corpus.text_file_mb to have it written here as one file.\n")
 
 
 def book_language(source: BookSource, book: Book, key: str) -> str:
