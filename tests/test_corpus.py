@@ -1,5 +1,6 @@
 import hashlib
 import io
+import random
 import unicodedata
 
 import pytest
@@ -80,10 +81,11 @@ FILE_PIECES = ["a", "é", "e\u0301", "\u0301", " ", "\t", "\n", "\r\n", "\r", "�
 
 @settings(max_examples=400, deadline=None, database=None)
 @given(pieces=st.lists(st.sampled_from(FILE_PIECES), min_size=1, max_size=80), bom=st.booleans(),
-       cuts=st.lists(st.integers(0, 10**6), min_size=2, max_size=2))
+       cuts=st.lists(st.integers(0, 10**6), min_size=3, max_size=3))
 def test_any_stretch_of_a_files_cleaned_text_reads_back_from_its_lines(tmp_path_factory, pieces, bom, cuts):
     """A TextRange reads back exactly the cleaned text it was made from, wherever it starts and ends: inside a line,
-    at a line's start or end, on a CRLF, after a BOM, next to characters that NFC composes."""
+    at a line's start or end, on a CRLF, after a BOM, next to characters that NFC composes; two ranges one after
+    the other from one LineMap, as a book's training and held-out text are made."""
     raw = (BOM if bom else b"") + "".join(pieces).encode("utf-8")
     path = tmp_path_factory.mktemp("file") / "book.txt"
     path.write_bytes(raw)
@@ -92,11 +94,26 @@ def test_any_stretch_of_a_files_cleaned_text_reads_back_from_its_lines(tmp_path_
         return
     whole = book.whole
     assert "\r" not in whole and whole == unicodedata.normalize("NFC", whole)
-    start, end = sorted(cut % (len(whole) + 1) for cut in cuts)
-    text_range = LineMap(str(path), raw, book).text_range(start, end)
-    assert range_text(text_range) == whole[start:end]
+    start, middle, end = sorted(cut % (len(whole) + 1) for cut in cuts)
+    lines = LineMap(str(path), raw, book)
     line_starts = {len(BOM) if bom else 0, len(raw)} | {found.end() for found in LINE_BREAK.finditer(raw)}
-    assert {text_range.start, text_range.end} <= line_starts  # whole lines of the file
+    for first, last in ((start, middle), (middle, end), (start, end)):
+        text_range = lines.text_range(first, last)
+        assert range_text(text_range) == whole[first:last]
+        assert {text_range.start, text_range.end} <= line_starts  # whole lines of the file
+
+
+def test_lines_are_found_past_many_blocks_of_mixed_line_endings(tmp_path):
+    """A file of several megabytes, its lines ended by CRLF, CR or LF at random: every line is found through the
+    block counts (COUNT_BLOCKS), not only the last few one by one."""
+    draw = random.Random(4)
+    raw = b"".join(f"line {i} é\u0301".encode() + draw.choice([b"\r\n", b"\r", b"\n"]) for i in range(300_000))
+    path = tmp_path / "book.txt"
+    path.write_bytes(raw)
+    book = read_book(raw, "book", "plain")
+    lines = LineMap(str(path), raw, book)
+    for start, end in sorted(sorted(draw.randrange(len(book.whole)) for _ in range(2)) for _ in range(20)):
+        assert range_text(lines.text_range(start, end)) == book.whole[start:end]
 
 
 def test_a_gutenberg_file_with_crlf_reads_back_its_book(shared_corpus, tmp_path):

@@ -36,7 +36,9 @@ SEAM_SEARCH_BYTES = 10_000
 Text = Union[bytes, mmap]  # a book's bytes, or a read-only map of them
 BOM = b"\xef\xbb\xbf"  # a UTF-8 file's optional first bytes, not text (decoding drops them)
 LINE_BREAK = re.compile(rb"\r\n|\r|\n")  # what ends a line of a book's file, as cleaning reads it
-COUNT_BLOCK = 2**20  # bytes counted at a time when looking for a line
+LONE_CR = re.compile(rb"\r(?!\n)")
+COUNT_BLOCKS = (2**20, 2**14, 2**8)  # the blocks skipped when looking for a line, coarse to fine
+HASH_BLOCK = 2**20
 
 
 @dataclass(frozen=True)
@@ -102,17 +104,20 @@ class CorpusWriter:
 
 class LineMap:
     """Places in a file's cleaned text (``book.whole``) as the file's lines: line n of the one is line n of
-    the other, since cleaning keeps every line break (as '\n') and works line by line."""
+    the other, since cleaning keeps every line break (as '\n') and works line by line. Lines are looked up in
+    increasing order as a book's ranges are made, so the file is counted through about once."""
 
     def __init__(self, path: str, raw: Text, book: Book):
         self.path, self.raw, self.whole = path, raw, book.whole
-        self.base = len(BOM) if raw[:len(BOM)] == BOM else 0
+        self.lone_cr = LONE_CR.search(raw) is not None  # else every line break holds a '\n': one byte to count
+        self.base = len(BOM) if raw[:len(BOM)] == BOM else 0  # where line 0 starts
+        self.reached = (0, self.base)  # the last line found, and the byte where it starts
 
     def text_range(self, start: int, end: int) -> TextRange:
         """``whole[start:end]`` as a TextRange of the file."""
         first_line = self.whole.count("\n", 0, start)
         skip = start - (self.whole.rfind("\n", 0, start) + 1)
-        last_line = self.whole.count("\n", 0, end)
+        last_line = first_line + self.whole.count("\n", start, end)
         if end == self.whole.rfind("\n", 0, end) + 1:  # ``end`` starts a line: the range ends with the one before
             return TextRange(self.path, self.line_start(first_line), self.line_start(last_line), skip, 0)
         line_end = self.whole.find("\n", end)
@@ -122,25 +127,36 @@ class LineMap:
                          line_end + 1 - end)
 
     def line_start(self, line: int) -> int:
-        """The byte where the file's ``line``-th line (from 0) starts: after that many line breaks, counted a block
-        at a time (no block ends between the two bytes of a CRLF)."""
-        position, remaining = self.base, line
-        while remaining:
-            stop = min(position + COUNT_BLOCK, len(self.raw))
-            if stop < len(self.raw) and self.raw[stop - 1] == 0x0D:
-                stop -= 1
-            breaks = (self.raw.count(b"\n", position, stop) + self.raw.count(b"\r", position, stop)
-                      - self.raw.count(b"\r\n", position, stop))
-            if breaks >= remaining:
-                for found in LINE_BREAK.finditer(self.raw, position, stop):
-                    remaining -= 1
-                    if not remaining:
-                        return found.end()
-            remaining -= breaks
-            position = stop
-            if position == len(self.raw):
-                raise ValueError(f"{self.path} has fewer than {line} line breaks")
+        """The byte where the file's ``line``-th line (from 0) starts: after that many line breaks. From the last
+        line found (or the file's start), whole blocks with fewer breaks than are left to pass are counted and
+        skipped, in ever smaller blocks (COUNT_BLOCKS), then the last few breaks are found one by one."""
+        reached_line, position = self.reached if line >= self.reached[0] else (0, self.base)
+        remaining = line - reached_line
+        for block in COUNT_BLOCKS:
+            while remaining:
+                stop = min(position + block, len(self.raw))
+                if stop < len(self.raw) and self.raw[stop - 1] == 0x0D:
+                    stop -= 1  # no block ends between the two bytes of a CRLF
+                breaks = self.breaks(position, stop)
+                if breaks >= remaining or stop == len(self.raw):
+                    break
+                remaining -= breaks
+                position = stop
+        for found in LINE_BREAK.finditer(self.raw, position):
+            if remaining == 0:
+                break
+            position, remaining = found.end(), remaining - 1
+        if remaining:
+            raise ValueError(f"{self.path} has fewer than {line} line breaks")
+        self.reached = (line, position)
         return position
+
+    def breaks(self, start: int, end: int) -> int:
+        """The line breaks in the file's bytes [start, end): CRLF, CR or LF."""
+        newlines = self.raw.count(b"\n", start, end)
+        if not self.lone_cr:
+            return newlines
+        return newlines + self.raw.count(b"\r", start, end) - self.raw.count(b"\r\n", start, end)
 
 
 def split_book(name: str, language: str, lines: LineMap, book: Book, text: bytes, holdout_fraction: float
@@ -182,7 +198,7 @@ def changed_file(book_file: BookFile) -> str | None:
         return f"{path} is {path.stat().st_size} bytes long, not {book_file.bytes}"
     digest = hashlib.sha256()
     with path.open("rb") as f:
-        while block := f.read(COUNT_BLOCK):
+        while block := f.read(HASH_BLOCK):
             digest.update(block)
     return None if digest.hexdigest() == book_file.sha256 else f"{path} no longer has sha256 {book_file.sha256}"
 
