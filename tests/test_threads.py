@@ -1,6 +1,9 @@
 """train.threads: 0 shares the cores among the trainings running at once; a number is used as is."""
 
 import os
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -36,6 +39,24 @@ def test_running_trainings_share_the_cores_and_the_gone_ones_do_not_count(tmp_pa
         (running / str(os.getppid())).touch()
         assert shared.rebalance() == 1  # 4 cores among three: at least one each
     assert not (running / str(os.getpid())).exists()
+
+
+def test_a_killed_training_left_a_zombie_does_not_count(tmp_path, monkeypatch):
+    """A training killed with SIGKILL is a zombie until it is reaped, which in a container may be never."""
+    monkeypatch.setattr(threads, "_ALL_THREADS", 4)
+    running = tmp_path / "running"
+    running.mkdir()
+    zombie = subprocess.Popen(["true"])  # ends at once; not waited for, so a zombie
+    deadline = time.monotonic() + 10
+    while (Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+           and time.monotonic() < deadline):
+        time.sleep(0.01)
+    (running / str(zombie.pid)).touch()
+    try:
+        with SharedCores(0, running) as shared:
+            assert shared.running() == 1 and torch.get_num_threads() == 4
+    finally:
+        zombie.wait()
 
 
 def test_alone_a_training_keeps_every_core(tmp_path):

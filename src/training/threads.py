@@ -3,7 +3,7 @@
 `dvc queue start -j N` runs N experiments at once, and each PyTorch would start a pool of a thread per core:
 N pools spinning on the same cores make every training several times slower than N / cores. So each
 training registers in a directory of running trainings (``TT_CACHE_DIR``/running, one file per process,
-named by its PID; a file whose process is gone does not count) and takes cores // trainings threads, at
+named by its PID; a file whose process is gone, or a zombie, does not count) and takes cores // trainings threads, at
 least one. It looks again at every evaluation (``SharedCores.rebalance``), so when a neighbour starts or
 ends the shares follow. The thread count changes a run's last bits (docs/REPRODUCIBILITY.md), and the
 metrics record it; a training alone on the machine always has every core.
@@ -31,13 +31,20 @@ def cores() -> int:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs: it exists and is not a zombie. A training killed with SIGKILL stays a zombie
+    until its parent, or init, reaps it, and in a container init often never does: counting it would halve
+    the threads of every later training (and change their last bits)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return not Path("/proc").is_dir()  # no /proc (not Linux): os.kill's answer; else it has just ended
+    return state not in ("Z", "X")
 
 
 class SharedCores:
