@@ -16,7 +16,6 @@ so no step needs a whole book in memory.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import BinaryIO, Union
 
 from src.atomic import write_json
+from src.data.fetch import sha256_of
 from src.data.gutenberg import Book, normalize_lines
 
 BOOK_SEPARATOR = "\n\n"
@@ -38,7 +38,6 @@ BOM = b"\xef\xbb\xbf"  # a UTF-8 file's optional first bytes, not text (decoding
 LINE_BREAK = re.compile(rb"\r\n|\r|\n")  # what ends a line of a book's file, as cleaning reads it
 LONE_CR = re.compile(rb"\r(?!\n)")
 COUNT_BLOCKS = (2**20, 2**14, 2**8)  # the blocks skipped when looking for a line, coarse to fine
-HASH_BLOCK = 2**20
 
 
 @dataclass(frozen=True)
@@ -194,13 +193,10 @@ def changed_file(book_file: BookFile) -> str | None:
     path = Path(book_file.path)
     if not path.is_file():
         return f"{path} is missing"
-    if path.stat().st_size != book_file.bytes:
-        return f"{path} is {path.stat().st_size} bytes long, not {book_file.bytes}"
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(HASH_BLOCK):
-            digest.update(block)
-    return None if digest.hexdigest() == book_file.sha256 else f"{path} no longer has sha256 {book_file.sha256}"
+    size = path.stat().st_size
+    if size != book_file.bytes:
+        return f"{path} is {size} bytes long, not {book_file.bytes}"
+    return None if sha256_of(path) == book_file.sha256 else f"{path} no longer has sha256 {book_file.sha256}"
 
 
 def seam(corpus: Text, start: int, end: int, target: int) -> int:
